@@ -1,0 +1,54 @@
+"""nlptransfer: adapt pretrained encoders to new NLP tasks."""
+
+from nlptransfer.batching import EpochSampler, PaddingCollator, eval_dataloader, train_dataloader
+from nlptransfer.config import ConfigError, DataArguments, ModelArguments, TrainArguments, parse_args, save_config
+from nlptransfer.data import carve_validation, encode_splits, load_splits
+from nlptransfer.evaluation import evaluate, predict_logits, prefixed
+from nlptransfer.metrics import classification_metrics, ner_metrics
+from nlptransfer.modeling import count_parameters, load_model_for_task, load_tokenizer, save_run
+from nlptransfer.readers import DataError, Records, read_file
+from nlptransfer.resolve import ModelNotFoundError, register_installed_model, resolve_model
+from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
+from nlptransfer.training import Trainer, TrainState, build_optimizer, build_scheduler, check_output_dir, total_steps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TASK_KINDS",
+    "ConfigError",
+    "DataArguments",
+    "DataError",
+    "Encoded",
+    "EpochSampler",
+    "ModelArguments",
+    "ModelNotFoundError",
+    "PaddingCollator",
+    "Records",
+    "TaskSpec",
+    "TrainArguments",
+    "TrainState",
+    "Trainer",
+    "build_optimizer",
+    "build_scheduler",
+    "carve_validation",
+    "check_output_dir",
+    "classification_metrics",
+    "count_parameters",
+    "encode_splits",
+    "eval_dataloader",
+    "evaluate",
+    "load_model_for_task",
+    "load_splits",
+    "load_tokenizer",
+    "ner_metrics",
+    "parse_args",
+    "predict_logits",
+    "prefixed",
+    "read_file",
+    "register_installed_model",
+    "resolve_model",
+    "save_config",
+    "save_run",
+    "total_steps",
+    "train_dataloader",
+]

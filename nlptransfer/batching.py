@@ -1,0 +1,88 @@
+"""Batches: dynamic padding, seeded (optionally length-grouped) order that resumes exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
+
+
+class PaddingCollator:
+    """Pad every list field to the longest in the batch; `feature_index` lets scoring find each row."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_values = {"input_ids": pad_token_id, **PAD_VALUES}
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in features[0]:
+            values = [feature[key] for feature in features]
+            if isinstance(values[0], list):
+                width = max(len(value) for value in values)
+                pad = self.pad_values.get(key, 0)
+                batch[key] = torch.tensor([value + [pad] * (width - len(value)) for value in values])
+            else:
+                batch[key] = torch.tensor(values)
+        return batch
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    With `group_by_length`, examples are sorted by length inside shuffled mega-batches of 50
+    batches, and batches are then shuffled: little padding, still random (the Trainer's scheme).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = False):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if not self.group_by_length:
+            return iter(order)
+        mega = self.batch_size * 50
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        partial = [b for b in batches if len(b) < self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        # partial batches go last so every batch but the final one is full
+        return iter([i for batch in shuffled + partial for i in batch])
+
+
+def train_dataloader(
+    features: list[dict], batch_size: int, collator: PaddingCollator, seed: int, group_by_length: bool
+) -> DataLoader:
+    sampler = EpochSampler([len(f["input_ids"]) for f in features], batch_size, seed, group_by_length)
+    # its own generator: starting an epoch must not draw from the global RNG that dropout uses,
+    # or a run resumed mid-epoch would see different dropout masks than an uninterrupted one
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        _indexed(features), batch_size=batch_size, sampler=sampler, collate_fn=collator, generator=generator
+    )
+
+
+def eval_dataloader(features: list[dict], batch_size: int, collator: PaddingCollator) -> DataLoader:
+    # longest first: padding is small and a batch too big for memory shows up at once
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    return DataLoader(_indexed(features), batch_size=batch_size, sampler=order, collate_fn=collator)
+
+
+def _indexed(features: list[dict]) -> list[dict]:
+    return [{**feature, "feature_index": i} for i, feature in enumerate(features)]

@@ -1,0 +1,205 @@
+"""Dataclass arguments for every recipe, parsed by `HfArgumentParser`, with `--config file.yaml`.
+
+Values in the YAML file come first and flags on the command line override them, so
+`--config run.yaml --learning_rate 1e-4` does what it reads like. The same dataclasses are
+saved beside the model (`run_config.yaml`) and can be passed back with `--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "Local folder or Hub id of the pretrained encoder (offline aliases: see `nlptransfer models`)."
+        },
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder or id, if not the model's."})
+    revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow code from the model repo to run. Off unless you trust the repo."}
+    )
+
+
+@dataclass
+class DataArguments:
+    task_type: str = field(default="classification", metadata={"help": "Kind of task: classification or ner."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, read with `datasets`."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: .jsonl/.json/.csv/.tsv or CoNLL."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data (model selection)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data, only ever scored, never selected on."})
+    text_column_name: str = field(default="text", metadata={"help": "Column holding the text (classification)."})
+    text_pair_column_name: str | None = field(
+        default=None, metadata={"help": "Second text column for sentence-pair tasks (e.g. text_b)."}
+    )
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class label."})
+    tokens_column_name: str = field(default="tokens", metadata={"help": "Column holding the word list (ner)."})
+    tags_column_name: str = field(default="ner_tags", metadata={"help": "Column holding the tag list (ner)."})
+    conll_token_column: int = field(default=0, metadata={"help": "CoNLL files: column index of the word."})
+    conll_tag_column: int = field(default=-1, metadata={"help": "CoNLL files: column index of the tag (-1: last)."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Maximum tokens per input; longer NER sentences are split into windows."}
+    )
+    validation_split_percentage: int = field(
+        default=0,
+        metadata={
+            "help": "Without a validation file: percent of train held out (seeded) for evaluation and "
+            "best-model selection. 0 keeps the final model."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation examples."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples."})
+
+    def __post_init__(self):
+        from nlptransfer.tasks import TASK_KINDS
+
+        if self.task_type not in TASK_KINDS:
+            raise ConfigError(f"--task_type {self.task_type!r} is not known; choose one of {sorted(TASK_KINDS)}")
+        if self.dataset_name is None and self.train_file is None:
+            raise ConfigError("give --train_file (a local file) or --dataset_name (a Hub dataset id)")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ConfigError(
+                f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
+            )
+        if self.max_seq_length < 8:
+            raise ConfigError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(default="runs/latest", metadata={"help": "Where the model, results and checkpoints go."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 turns it off)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs to train (ignored if max_steps is set)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps; overrides num_train_epochs."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps with linear warm-up."})
+    lr_scheduler_type: str = field(
+        default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, ..."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, shuffling and dropout."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Evaluate every N optimizer steps (eval_strategy=steps)."}
+    )
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "Validation metric to select on (default: accuracy / f1 by task)."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after N evaluations without improvement (needs validation data)."}
+    )
+    checkpointing_steps: str | None = field(
+        default=None, metadata={"help": "Save a resumable checkpoint every N steps, or 'epoch'."}
+    )
+    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder to resume from, or 'latest' for the newest in output_dir."}
+    )
+    group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, fp16 or bf16; default: what `accelerate launch`/config says."}
+    )
+    logging_steps: int = field(default=50, metadata={"help": "Log the training loss every N optimizer steps."})
+    report_to: str = field(
+        default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard, wandb...)."}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+
+    def __post_init__(self):
+        allowed = {"epoch", "steps", "no"}
+        if self.eval_strategy not in allowed:
+            raise ConfigError(f"--eval_strategy {self.eval_strategy!r} is not one of {sorted(allowed)}")
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ConfigError("--eval_strategy steps needs --eval_steps N")
+        if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
+            raise ConfigError(
+                f"--checkpointing_steps must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
+            )
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ConfigError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @property
+    def trackers(self) -> list[str] | str | None:
+        if self.report_to in ("none", ""):
+            return None
+        return "all" if self.report_to == "all" else [t.strip() for t in self.report_to.split(",") if t.strip()]
+
+
+def _yaml_to_argv(path: str) -> list[str]:
+    """Turn a YAML mapping into flags, so argparse types and choices check the file's values too."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
+    if values is None:
+        return []
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values, got {type(values).__name__}")
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag = f"--{key}"
+        if isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parse_args(*dataclass_types: type, args: list[str] | None = None) -> tuple[Any, ...]:
+    """Parse `--config file.yaml` plus command-line flags into instances of `dataclass_types`."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        argv = _yaml_to_argv(argv[at + 1]) + argv[:at] + argv[at + 2 :]
+    parser = HfArgumentParser(dataclass_types)
+    known = {option for action in parser._actions for option in action.option_strings}
+    for token in argv:
+        if token.startswith("--") and token.split("=")[0] not in known:
+            raise ConfigError(f"unknown option {token.split('=')[0]!r}; run with --help for the list")
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
+
+
+def save_config(path: str | Path, *configs: Any) -> None:
+    """Write the resolved arguments as one flat YAML file that `--config` reads back."""
+    merged: dict[str, Any] = {}
+    for config in configs:
+        merged.update(dataclasses.asdict(config))
+    Path(path).write_text(yaml.safe_dump(merged, sort_keys=False))

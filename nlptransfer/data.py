@@ -1,0 +1,80 @@
+"""From arguments to encoded splits: read, carve a validation slice, validate, fix labels, tokenize."""
+
+from __future__ import annotations
+
+import random
+
+from transformers import PreTrainedTokenizerBase
+
+from nlptransfer.readers import DataError, Records, read_file, read_hub_dataset
+from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
+
+SPLITS = ("train", "validation", "test")
+HUB_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "dev", "valid"), "test": ("test",)}
+
+
+def load_splits(data_args, seed: int) -> dict[str, Records]:
+    """Read train/validation/test from files (or a Hub dataset); files given explicitly win."""
+    splits: dict[str, Records] = {}
+    if data_args.dataset_name:
+        hub = read_hub_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        for split, names in HUB_SPLIT_NAMES.items():
+            found = next((hub[name] for name in names if name in hub), None)
+            if found is not None:
+                splits[split] = found
+    conll = {"token_column": data_args.conll_token_column, "tag_column": data_args.conll_tag_column}
+    for split, path in (
+        ("train", data_args.train_file),
+        ("validation", data_args.validation_file),
+        ("test", data_args.test_file),
+    ):
+        if path:
+            splits[split] = read_file(path, **conll)
+    if "train" not in splits or not len(splits["train"]):
+        raise DataError(f"{data_args.train_file or data_args.dataset_name}: no training examples found")
+    if "validation" not in splits and data_args.validation_split_percentage > 0:
+        splits["train"], splits["validation"] = carve_validation(
+            splits["train"], data_args.validation_split_percentage, seed
+        )
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_test_samples,
+    }
+    for split, limit in limits.items():
+        if split in splits and limit is not None:
+            splits[split] = splits[split].select(list(range(min(limit, len(splits[split])))))
+    return splits
+
+
+def carve_validation(train: Records, percentage: int, seed: int) -> tuple[Records, Records]:
+    """Hold out a seeded `percentage` of train; the same seed always holds out the same rows."""
+    indices = list(range(len(train)))
+    random.Random(seed).shuffle(indices)
+    held = max(1, len(indices) * percentage // 100)
+    return train.select(sorted(indices[held:])), train.select(sorted(indices[:held]))
+
+
+def encode_splits(
+    splits: dict[str, Records], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, Encoded]:
+    """Validate every split, take the label set from train (unless `spec.labels` is set), tokenize."""
+    kind = TASK_KINDS[spec.kind]
+    checked = {split: kind.check(records, spec) for split, records in splits.items()}
+    if not spec.labels:
+        spec.labels = kind.label_order({name for name in _flatten(checked["train"])})
+    known = set(spec.labels)
+    for split, labels in checked.items():
+        for index, row_labels in enumerate(labels):
+            for name in row_labels if isinstance(row_labels, list) else [row_labels]:
+                if name not in known:
+                    column = spec.tags_column if isinstance(row_labels, list) else spec.label_column
+                    raise DataError(
+                        f"{splits[split].where(index)}: label {name!r} in field {column!r} was not seen in the "
+                        f"training data (known: {', '.join(spec.labels)})"
+                    )
+    return {split: kind.encode(splits[split], checked[split], tokenizer, spec, max_length) for split in splits}
+
+
+def _flatten(labels: list) -> list[str]:
+    return [name for row in labels for name in (row if isinstance(row, list) else [row])]

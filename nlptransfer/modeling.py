@@ -1,0 +1,66 @@
+"""Load a pretrained encoder with the head a task kind needs, and save a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from nlptransfer.resolve import load_error, resolve_model
+from nlptransfer.tasks import TASK_KINDS, TaskSpec
+
+
+def load_tokenizer(model_args) -> PreTrainedTokenizerBase:
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(
+            resolve_model(name), revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
+        )
+    except OSError as err:
+        raise load_error(name, err) from err
+
+
+def load_model_for_task(model_args, spec: TaskSpec) -> PreTrainedModel:
+    """The encoder plus a fresh head sized for `spec.labels`; a head of another size is replaced."""
+    path = resolve_model(model_args.model_name_or_path)
+    common = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(
+            path,
+            num_labels=len(spec.labels),
+            id2label=dict(enumerate(spec.labels)),
+            label2id=spec.label2id,
+            **common,
+        )
+        return TASK_KINDS[spec.kind].auto_model.from_pretrained(
+            path, config=config, ignore_mismatched_sizes=True, **common
+        )
+    except OSError as err:
+        raise load_error(model_args.model_name_or_path, err) from err
+
+
+def save_run(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    results: dict,
+) -> None:
+    """`save_pretrained` (safetensors) of the gathered weights, the tokenizer and `all_results.json`."""
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP/DeepSpeed) parameters; all ranks call it
+    if accelerator.is_main_process:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(output_dir)
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    accelerator.wait_for_everyone()
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

@@ -1,0 +1,266 @@
+"""Task kinds: how each kind checks its rows, builds its label set, tokenizes and scores.
+
+A new kind is one class registered in `TASK_KINDS`; recipes never branch on the kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerBase
+
+from nlptransfer.metrics import classification_metrics, ner_metrics
+from nlptransfer.readers import DataError, Records, iob1_to_iob2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskSpec:
+    """What one task reads and predicts: the columns of its rows and (once known) its label names."""
+
+    name: str = "task"
+    kind: str = "classification"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_data_args(cls, data_args, name: str = "task") -> TaskSpec:
+        return cls(
+            name=name,
+            kind=data_args.task_type,
+            text_column=data_args.text_column_name,
+            text_pair_column=data_args.text_pair_column_name,
+            label_column=data_args.label_column_name,
+            tokens_column=data_args.tokens_column_name,
+            tags_column=data_args.tags_column_name,
+        )
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+
+@dataclass
+class Encoded:
+    """Model inputs of one split, plus what scoring needs to map predictions back to rows and words."""
+
+    features: list[dict]
+    records: Records
+    row_labels: list
+    row_of_feature: list[int]
+    words_of_feature: list[list[int]] = field(default_factory=list)
+
+    def lengths(self) -> list[int]:
+        return [len(f["input_ids"]) for f in self.features]
+
+
+def _field(records: Records, index: int, column: str, flag: str):
+    row = records.rows[index]
+    if column not in row:
+        raise DataError(
+            f"{records.where(index)}: no field {column!r} (fields: {', '.join(map(repr, row))}); set {flag}"
+        )
+    return row[column]
+
+
+def _label_name(value, where: str, column: str) -> str:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (str, int, float))
+        or (isinstance(value, float) and not value.is_integer())
+    ):
+        raise DataError(f"{where}: field {column!r} holds {value!r}; expected a class name or an integer class id")
+    if isinstance(value, float):
+        value = int(value)
+    name = str(value).strip()
+    if not name:
+        raise DataError(f"{where}: field {column!r} is empty; expected a class name or an integer class id")
+    return name
+
+
+def _sorted_labels(names: set[str]) -> list[str]:
+    # integer ids keep their numeric order (so "2" < "10"); names sort alphabetically
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+class ClassificationKind:
+    name = "classification"
+    auto_model = AutoModelForSequenceClassification
+    default_metric = "accuracy"
+
+    def label_order(self, names: set[str]) -> list[str]:
+        return _sorted_labels(names)
+
+    def check(self, records: Records, spec: TaskSpec) -> list[str]:
+        """Validate every row; return its label names in row order."""
+        labels = []
+        for i, row in enumerate(records.rows):
+            if spec.tokens_column in row and spec.tags_column in row and spec.text_column not in row:
+                raise DataError(
+                    f"{records.where(i)}: this row has token/tag lists ({spec.tokens_column!r}, {spec.tags_column!r}) "
+                    f"but no {spec.text_column!r} field; for tagging use --task_type ner"
+                )
+            columns = [(spec.text_column, "--text_column_name")]
+            if spec.text_pair_column:
+                columns.append((spec.text_pair_column, "--text_pair_column_name"))
+            for column, flag in columns:
+                text = _field(records, i, column, flag)
+                if not isinstance(text, str) or not text.strip():
+                    raise DataError(f"{records.where(i)}: field {column!r} is empty or not text: {text!r}")
+            labels.append(
+                _label_name(
+                    _field(records, i, spec.label_column, "--label_column_name"), records.where(i), spec.label_column
+                )
+            )
+        return labels
+
+    def encode(
+        self, records: Records, labels: list[str], tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
+    ) -> Encoded:
+        texts = [row[spec.text_column] for row in records.rows]
+        pairs = [row[spec.text_pair_column] for row in records.rows] if spec.text_pair_column else None
+        encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        label2id = spec.label2id
+        features = []
+        for i in range(len(records)):
+            feature = {key: encoding[key][i] for key in encoding.keys()}
+            feature["labels"] = label2id[labels[i]]
+            features.append(feature)
+        truncated = sum(len(f["input_ids"]) >= max_length for f in features)
+        if truncated:
+            logger.info(
+                "%s: %d of %d examples reach max_seq_length=%d and were truncated",
+                records.source,
+                truncated,
+                len(features),
+                max_length,
+            )
+        return Encoded(features, records, labels, list(range(len(records))))
+
+    def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        y_pred = [int(np.argmax(row_logits)) for row_logits in logits]
+        y_true = [f["labels"] for f in encoded.features]
+        return classification_metrics(y_true, y_pred, len(spec.labels))
+
+
+class NerKind:
+    name = "ner"
+    auto_model = AutoModelForTokenClassification
+    default_metric = "f1"
+
+    def label_order(self, names: set[str]) -> list[str]:
+        # "O" first, then by entity type with B- before I-: stable whatever the file order
+        return sorted(names, key=lambda tag: (tag != "O", tag[2:], tag[:2]))
+
+    def check(self, records: Records, spec: TaskSpec) -> list[list[str]]:
+        """Validate every row; return its IOB2 tag sequences in row order."""
+        all_tags = []
+        for i, row in enumerate(records.rows):
+            if spec.tokens_column not in row and spec.label_column in row:
+                raise DataError(
+                    f"{records.where(i)}: task 'ner' needs a word list {spec.tokens_column!r} and a tag list "
+                    f"{spec.tags_column!r} per row, but this row has a single label {spec.label_column!r}; "
+                    f"use --task_type classification, or set --tokens_column_name/--tags_column_name"
+                )
+            tokens = _field(records, i, spec.tokens_column, "--tokens_column_name")
+            tags = _field(records, i, spec.tags_column, "--tags_column_name")
+            if not isinstance(tokens, list) or not isinstance(tags, list):
+                raise DataError(
+                    f"{records.where(i)}: fields {spec.tokens_column!r} and {spec.tags_column!r} must be lists"
+                )
+            if not tokens:
+                raise DataError(f"{records.where(i)}: field {spec.tokens_column!r} is an empty sentence")
+            if len(tokens) != len(tags):
+                raise DataError(
+                    f"{records.where(i)}: {spec.tokens_column!r} has {len(tokens)} items but {spec.tags_column!r} has {len(tags)}"
+                )
+            if not all(isinstance(token, str) and token for token in tokens):
+                raise DataError(f"{records.where(i)}: field {spec.tokens_column!r} holds an empty or non-text word")
+            all_tags.append(iob1_to_iob2([_label_name(tag, records.where(i), spec.tags_column) for tag in tags]))
+        return all_tags
+
+    def encode(
+        self,
+        records: Records,
+        labels: list[list[str]],
+        tokenizer: PreTrainedTokenizerBase,
+        spec: TaskSpec,
+        max_length: int,
+    ) -> Encoded:
+        """Label the first sub-word of each word (-100 elsewhere); split sentences too long into windows."""
+        label2id = spec.label2id
+        budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        sentences = [row[spec.tokens_column] for row in records.rows]
+        full = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
+        windows: list[tuple[int, int, int]] = []  # (row, first word, end word)
+        for row in range(len(sentences)):
+            pieces = np.bincount([w for w in full.word_ids(row) if w is not None], minlength=len(sentences[row]))
+            start, used = 0, 0
+            for word, count in enumerate(pieces):
+                if used + count > budget and word > start:
+                    windows.append((row, start, word))
+                    start, used = word, 0
+                used += count
+            windows.append((row, start, len(sentences[row])))
+        split = len(windows) - len(sentences)
+        if split:
+            logger.info(
+                "%s: %d sentences longer than max_seq_length=%d were split into windows",
+                records.source,
+                split,
+                max_length,
+            )
+        encoding = tokenizer(
+            [sentences[row][start:end] for row, start, end in windows],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+        )
+        features, words_of_feature = [], []
+        for i, (row, start, _) in enumerate(windows):
+            feature = {key: encoding[key][i] for key in encoding.keys()}
+            feature_labels, words, previous = [], [], None
+            for word in encoding.word_ids(i):
+                if word is None or word == previous:
+                    feature_labels.append(-100)  # first sub-word only: seqeval must score words, not pieces
+                else:
+                    feature_labels.append(label2id[labels[row][start + word]])
+                    words.append(start + word)
+                previous = word
+            feature["labels"] = feature_labels
+            features.append(feature)
+            words_of_feature.append(words)
+        return Encoded(features, records, labels, [row for row, _, _ in windows], words_of_feature)
+
+    def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        """Map first-sub-word predictions back to words; a word with no prediction counts as 'O'."""
+        y_true = encoded.row_labels
+        y_pred = [["O"] * len(tags) for tags in y_true]
+        scored = [np.zeros(len(tags), dtype=bool) for tags in y_true]
+        for index, (feature, words) in enumerate(zip(encoded.features, encoded.words_of_feature)):
+            row = encoded.row_of_feature[index]
+            positions = [j for j, label in enumerate(feature["labels"]) if label != -100]
+            predicted = np.argmax(logits[index][: len(feature["labels"])], axis=-1)
+            for position, word in zip(positions, words):
+                y_pred[row][word] = spec.labels[int(predicted[position])]
+                scored[row][word] = True
+        missed = sum(int((~mask).sum()) for mask in scored)
+        if missed:
+            logger.warning(
+                "%s: %d words had no sub-word token to predict from and are scored as 'O'",
+                encoded.records.source,
+                missed,
+            )
+        return ner_metrics(y_true, y_pred)
+
+
+TASK_KINDS: dict[str, ClassificationKind | NerKind] = {kind.name: kind for kind in (ClassificationKind(), NerKind())}

@@ -1,0 +1,293 @@
+"""The one training loop: accelerate's accumulate/clip/schedule, evaluation, best model, early
+stopping, atomic resumable checkpoints. Recipes differ in the model and loss terms they pass in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_model, save_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+logger = logging.getLogger(__name__)
+
+LossTerm = Callable[[torch.nn.Module, dict, object], torch.Tensor]
+"""An extra loss: (model, batch, outputs) -> scalar added to the task loss (L2-SP, distillation...)."""
+
+
+@dataclass
+class TrainState:
+    """Everything beyond model/optimizer/scheduler/RNG that a resumed run must restore."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    train_loss_sum: float = 0.0
+    train_loss_count: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
+    """AdamW; biases and LayerNorm weights get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+
+
+def total_steps(batches_per_epoch: int, args) -> int:
+    if args.max_steps:
+        return args.max_steps
+    return math.ceil(math.ceil(batches_per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, steps: int, args, num_processes: int):
+    # accelerate steps a prepared scheduler once per process per update, hence the scaling
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=math.ceil(steps * args.warmup_ratio) * num_processes,
+        num_training_steps=steps * num_processes,
+    )
+
+
+def check_output_dir(output_dir: str, args) -> None:
+    """Refuse to write into a non-empty folder unless asked to, or resuming a run in it."""
+    path = Path(output_dir)
+    if path.is_file():
+        raise FileExistsError(f"--output_dir {output_dir} is a file")
+    if path.is_dir() and any(path.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise FileExistsError(
+            f"--output_dir {output_dir} exists and is not empty; pass --overwrite_output_dir to write into it, "
+            f"--resume_from_checkpoint latest to continue its run, or choose another folder"
+        )
+
+
+def find_checkpoint(output_dir: str, resume: str) -> Path:
+    if resume != "latest":
+        if not (Path(resume) / "train_state.json").exists() and not Path(resume).is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+        return Path(resume)
+    found = sorted((Path(output_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not found:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: no checkpoints in {Path(output_dir) / 'checkpoints'}"
+        )
+    return found[-1]
+
+
+class Trainer:
+    """Runs the loop; `evaluate()` returns validation metrics (or {} when there is no validation data)."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        train_loader: DataLoader,
+        args,
+        evaluate: Callable[[], dict[str, float]] | None = None,
+        metric_for_best_model: str | None = None,
+        loss_terms: Sequence[LossTerm] = (),
+        max_steps: int | None = None,
+    ):
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.train_loader, self.args, self.evaluate_fn = train_loader, args, evaluate
+        self.metric = metric_for_best_model
+        self.loss_terms = list(loss_terms)
+        self.max_steps = max_steps or total_steps(len(train_loader), args)
+        self.output_dir = Path(args.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.best_dir = self.checkpoint_dir / "best_model"
+        self.state = TrainState()
+        accelerator.register_for_checkpointing(self.state)
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Write to a hidden folder, then rename: a killed run never leaves a half checkpoint."""
+        final = self.checkpoint_dir / f"step_{self.state.step}"
+        tmp = self.checkpoint_dir / f".tmp-step_{self.state.step}"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            (tmp / "train_state.json").write_text(json.dumps(self.state.state_dict(), indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self._rotate_checkpoints()
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_checkpoints(self) -> None:
+        if not self.args.save_total_limit:
+            return
+        found = sorted(self.checkpoint_dir.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for old in found[: -self.args.save_total_limit]:
+            shutil.rmtree(old)
+
+    def resume(self, checkpoint: str) -> None:
+        path = find_checkpoint(str(self.output_dir), checkpoint)
+        self.accelerator.load_state(str(path))
+        self.accelerator.print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch})")
+
+    # ---- evaluation and selection ------------------------------------------------------
+    def run_evaluation(self) -> dict[str, float]:
+        if self.evaluate_fn is None:
+            return {}
+        metrics = self.evaluate_fn()
+        if not metrics:
+            return {}
+        record = {"step": self.state.step, "epoch": self.state.epoch, **{f"eval_{k}": v for k, v in metrics.items()}}
+        self.state.history.append(record)
+        self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
+        self.accelerator.print(
+            f"step {self.state.step}: "
+            + ", ".join(f"eval_{k}={v:.4f}" for k, v in metrics.items() if k in ("loss", self.metric))
+        )
+        if self.metric is not None:
+            if self.metric not in metrics:
+                raise KeyError(f"--metric_for_best_model {self.metric!r} is not among the metrics {sorted(metrics)}")
+            value = metrics[self.metric]
+            # every metric we report is higher-is-better except losses
+            better = self.state.best_metric is None or (
+                value < self.state.best_metric if "loss" in self.metric else value > self.state.best_metric
+            )
+            if better:
+                self.state.best_metric, self.state.best_step = value, self.state.step
+                self.state.evals_without_improvement = 0
+                self._save_best()
+            else:
+                self.state.evals_without_improvement += 1
+        return metrics
+
+    def _save_best(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            tmp = self.checkpoint_dir / ".tmp-best_model"
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_model(self.accelerator.unwrap_model(self.model), str(tmp / "model.safetensors"))
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            tmp.rename(self.best_dir)
+        self.accelerator.wait_for_everyone()
+
+    def load_best(self) -> bool:
+        """Put the best validation weights back into the model; False if no selection happened."""
+        if self.state.best_step is None or not (self.best_dir / "model.safetensors").exists():
+            return False
+        load_model(self.accelerator.unwrap_model(self.model), str(self.best_dir / "model.safetensors"))
+        self.accelerator.print(
+            f"loaded the best model (step {self.state.best_step}, eval_{self.metric}={self.state.best_metric:.4f})"
+        )
+        return True
+
+    def should_stop(self) -> bool:
+        patience = self.args.early_stopping_patience
+        return bool(patience) and self.state.evals_without_improvement >= patience
+
+    # ---- the loop ----------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        outputs = self.model(**batch)
+        loss = outputs.loss
+        for term in self.loss_terms:
+            loss = loss + term(self.model, batch, outputs)
+        return loss
+
+    def train(self) -> dict[str, float]:
+        args, accelerator, state = self.args, self.accelerator, self.state
+        if args.resume_from_checkpoint:
+            self.resume(args.resume_from_checkpoint)
+        every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
+        progress = tqdm(
+            total=self.max_steps,
+            initial=state.step,
+            disable=args.disable_tqdm or not accelerator.is_local_main_process,
+            desc="train",
+        )
+        start, examples, stop = time.perf_counter(), 0, state.step >= self.max_steps
+        self.model.train()
+        while not stop:
+            self.train_loader.set_epoch(state.epoch)
+            loader = self.train_loader
+            if state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
+            for batch in loader:
+                batch.pop("feature_index", None)
+                with accelerator.accumulate(self.model):
+                    loss = self.compute_loss(batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                examples += batch["input_ids"].shape[0] * accelerator.num_processes
+                state.train_loss_sum += loss.detach().item()
+                state.train_loss_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                progress.update(1)
+                if state.step % args.logging_steps == 0:
+                    logs = {"train/loss": loss.item(), "train/learning_rate": self.scheduler.get_last_lr()[0]}
+                    accelerator.log(logs, step=state.step)
+                    progress.set_postfix(loss=f"{loss.item():.4f}")
+                if args.eval_strategy == "steps" and state.step % args.eval_steps == 0:
+                    self.run_evaluation()
+                    stop = self.should_stop()
+                if every and state.step % every == 0:
+                    self.save_checkpoint()
+                if stop or state.step >= self.max_steps:
+                    stop = True
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+                if args.eval_strategy == "epoch":
+                    self.run_evaluation()
+                    stop = stop or self.should_stop()
+                if args.checkpointing_steps == "epoch":
+                    self.save_checkpoint()
+        progress.close()
+        runtime = time.perf_counter() - start
+        if self.should_stop():
+            accelerator.print(f"early stopping: no improvement in {args.early_stopping_patience} evaluations")
+        if args.eval_strategy != "no" and (not state.history or state.history[-1]["step"] != state.step):
+            self.run_evaluation()  # the final model is always evaluated once, so selection sees it
+        return {
+            "train_runtime": runtime,
+            "train_samples_per_second": examples / runtime if runtime else 0.0,
+            "train_steps_per_second": state.step / runtime if runtime else 0.0,
+            "train_loss": state.train_loss_sum / max(state.train_loss_count, 1),
+            "train_steps": state.step,
+            "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_loader), 1),
+        }

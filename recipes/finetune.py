@@ -1,0 +1,133 @@
+"""Fine-tune a pretrained encoder for text classification (single sentences or pairs) or NER.
+
+    accelerate launch recipes/finetune.py \
+        --train_file ../shared/data/trec/train.jsonl --test_file ../shared/data/trec/test.jsonl \
+        --num_train_epochs 3 --output_dir runs/trec
+
+    accelerate launch recipes/finetune.py --task_type ner \
+        --train_file ../shared/data/conll2003/eng.train --validation_file ../shared/data/conll2003/eng.testa \
+        --test_file ../shared/data/conll2003/eng.testb --output_dir runs/conll
+
+Every flag can also come from `--config file.yaml`; `--help` lists them all.
+"""
+
+import logging
+import sys
+
+import datasets
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from nlptransfer import (
+    DataArguments,
+    ModelArguments,
+    PaddingCollator,
+    TaskSpec,
+    TrainArguments,
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    check_output_dir,
+    encode_splits,
+    eval_dataloader,
+    evaluate,
+    load_model_for_task,
+    load_splits,
+    load_tokenizer,
+    parse_args,
+    prefixed,
+    save_config,
+    save_run,
+    total_steps,
+    train_dataloader,
+)
+from nlptransfer.tasks import TASK_KINDS
+
+
+def main(argv=None):
+    model_args, data_args, args = parse_args(ModelArguments, DataArguments, TrainArguments, args=argv)
+    check_output_dir(args.output_dir, args)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.trackers,
+        project_dir=args.output_dir,
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_main_process else logging.ERROR,
+    )
+    datasets.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(args.seed)
+
+    # data: read, validate, label set from train, tokenize (once, main process first)
+    spec = TaskSpec.from_data_args(data_args)
+    tokenizer = load_tokenizer(model_args)
+    with accelerator.main_process_first():
+        splits = load_splits(data_args, args.seed)
+        encoded = encode_splits(splits, spec, tokenizer, data_args.max_seq_length)
+    accelerator.print({split: len(records) for split, records in splits.items()}, f"labels: {spec.labels}")
+
+    # model and batches
+    model = load_model_for_task(model_args, spec)
+    collator = PaddingCollator(tokenizer.pad_token_id)
+    train_loader = train_dataloader(
+        encoded["train"].features, args.per_device_train_batch_size, collator, args.seed, args.group_by_length
+    )
+    eval_splits = [split for split in ("validation", "test") if split in encoded]
+    eval_loaders = [
+        eval_dataloader(encoded[split].features, args.per_device_eval_batch_size, collator) for split in eval_splits
+    ]
+    optimizer = build_optimizer(model, args)
+    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
+    loaders = dict(zip(eval_splits, eval_loaders))
+    steps = total_steps(len(train_loader), args)
+    scheduler = accelerator.prepare(build_scheduler(optimizer, steps, args, accelerator.num_processes))
+    if args.trackers:
+        accelerator.init_trackers("nlptransfer", config={**vars(data_args), **vars(args), **vars(model_args)})
+
+    def evaluate_split(split: str) -> dict:
+        return evaluate(accelerator, model, loaders[split], encoded[split], spec)
+
+    # train: select on validation only, never on test
+    has_validation = "validation" in loaders
+    trainer = Trainer(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        args,
+        evaluate=(lambda: evaluate_split("validation")) if has_validation else None,
+        metric_for_best_model=(args.metric_for_best_model or TASK_KINDS[spec.kind].default_metric)
+        if has_validation
+        else None,
+        max_steps=steps,
+    )
+    results = trainer.train()
+    trainer.load_best()
+    for split in eval_splits:
+        results.update(prefixed(evaluate_split(split), "eval" if split == "validation" else "test"))
+
+    save_run(accelerator, args.output_dir, model, tokenizer, results)
+    if accelerator.is_main_process:
+        save_config(f"{args.output_dir}/run_config.yaml", model_args, data_args, args)
+        headline = [
+            k
+            for k in results
+            if k.split("_", 1)[-1] in ("accuracy", "f1", "precision", "recall", "runtime", "samples_per_second")
+        ]
+        print("\n".join(f"{key:>32}: {results[key]:.4f}" for key in sorted(headline)))
+        print(f"saved to {args.output_dir}")
+
+    # free the model before ending: gloo can hang at exit otherwise
+    del model, optimizer, trainer
+    accelerator.free_memory()
+    accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

@@ -1,0 +1,130 @@
+"""Offline test fixtures: a tiny BERT and WordPiece tokenizer built locally, and small data files."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before any HF import: tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("NLPTRANSFER_DATA", REPO.parent / "shared" / "data"))
+
+# Classification: the topic word decides the label, so a tiny model can learn it in a few steps.
+TOPICS = {
+    "sport": ["goal", "match", "team", "coach"],
+    "tech": ["chip", "code", "robot", "laptop"],
+    "food": ["pasta", "bread", "soup", "cake"],
+}
+FILLERS = ["the", "a", "new", "big", "small", "good", "today", "report", "about", "story", "on", "with"]
+PEOPLE, PLACES = ["anna", "bob", "chen", "dana"], ["paris", "rome", "oslo", "lima"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    *sorted({w for ws in TOPICS.values() for w in ws}),
+    *FILLERS,
+    *PEOPLE,
+    *PLACES,
+    "visited",
+    "met",
+    "in",
+    "and",
+    ".",
+    "##s",
+    "##ing",
+    "ab",
+    "##c",
+    "##d",
+    "x",
+    "y",
+    "z",
+]
+
+
+def make_classification_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(TOPICS))
+        words = rng.sample(FILLERS, 3) + [rng.choice(TOPICS[label])] + rng.sample(FILLERS, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def make_ner_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+        tokens = [person.capitalize(), "visited", place.capitalize(), "today", "."]
+        tags = ["B-PER", "O", "B-LOC", "O", "O"]
+        if rng.random() < 0.5:
+            other = rng.choice(PEOPLE)
+            tokens = [other.capitalize(), "and", *tokens]
+            tags = ["B-PER", "O", *tags]
+        rows.append({"tokens": tokens, "ner_tags": tags})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 BERT and its fast WordPiece tokenizer, saved like any Hub model."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def cls_files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("cls-data")
+    return {
+        split: str(write_jsonl(folder / f"{split}.jsonl", make_classification_rows(n, seed)))
+        for split, n, seed in (("train", 192, 1), ("validation", 48, 2), ("test", 48, 3))
+    }
+
+
+@pytest.fixture(scope="session")
+def ner_files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("ner-data")
+    return {
+        split: str(write_jsonl(folder / f"{split}.jsonl", make_ner_rows(n, seed)))
+        for split, n, seed in (("train", 160, 4), ("validation", 40, 5), ("test", 40, 6))
+    }
+
+
+def recipe_args(model: str, files: dict[str, str], output_dir, *extra: str) -> list[str]:
+    args = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--disable_tqdm", "true"]
+    for split in ("train", "validation", "test"):
+        if split in files:
+            args += [f"--{split}_file", files[split]]
+    return args + list(extra)
