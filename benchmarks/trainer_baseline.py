@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from datasets import load_dataset
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from transformers import (
@@ -144,7 +145,11 @@ def compute_metrics_conll(eval_pred):
 
 # ---- train and evaluate ---------------------------------------------------------------------------
 with tempfile.TemporaryDirectory(prefix="trainer_baseline_") as output_dir:
-    per_epoch = {"eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 1}
+    if args.task == "conll":  # run_ner with a validation set: evaluate and checkpoint every epoch, keep the best
+        per_task = dict(eval_strategy="epoch", save_strategy="epoch", save_total_limit=1)
+        per_task.update(load_best_model_at_end=True, metric_for_best_model="f1")
+    else:  # run_glue without a validation set: no evaluation during training, keep the final model
+        per_task = dict(eval_strategy="no", save_strategy="no")
     training_args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
@@ -164,8 +169,7 @@ with tempfile.TemporaryDirectory(prefix="trainer_baseline_") as output_dir:
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         # Counts every token fed to the model, padding included, to compare with the real tokens.
         include_num_input_tokens_seen="all",
-        **(per_epoch if args.task == "conll" else {"eval_strategy": "no", "save_strategy": "no"}),
-        **({"load_best_model_at_end": True, "metric_for_best_model": "f1"} if args.task == "conll" else {}),
+        **per_task,
     )
     trainer = Trainer(
         model=model,
@@ -193,7 +197,7 @@ result = {
     "fed_train_tokens_per_epoch": trainer.state.num_input_tokens_seen / args.epochs,
     "train_examples": len(data["train"]),
     "device": "cuda" if torch.cuda.is_available() else "cpu",
-    "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     "config": {**vars(args), "resolved_model": model_path, "num_labels": len(label_list)},
 }
 Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ Every flag can also come from `--config file.yaml`; `--help` lists them all.
 
 import logging
 import sys
+from functools import partial
 
 import datasets
 import transformers
@@ -88,11 +89,11 @@ def main(argv=None):
     if args.trackers:
         accelerator.init_trackers("nlptransfer", config={**vars(data_args), **vars(args), **vars(model_args)})
 
-    def evaluate_split(split: str) -> dict:
-        return evaluate(accelerator, model, loaders[split], encoded[split], spec)
+    evaluate_on = {
+        split: partial(evaluate, accelerator, model, loader, encoded[split], spec) for split, loader in loaders.items()
+    }
 
     # train: select on validation only, never on test
-    has_validation = "validation" in loaders
     trainer = Trainer(
         accelerator,
         model,
@@ -100,16 +101,16 @@ def main(argv=None):
         scheduler,
         train_loader,
         args,
-        evaluate=(lambda: evaluate_split("validation")) if has_validation else None,
+        evaluate=evaluate_on.get("validation"),
         metric_for_best_model=(args.metric_for_best_model or TASK_KINDS[spec.kind].default_metric)
-        if has_validation
+        if "validation" in loaders
         else None,
         max_steps=steps,
     )
     results = trainer.train()
     trainer.load_best()
-    for split in eval_splits:
-        results.update(prefixed(evaluate_split(split), "eval" if split == "validation" else "test"))
+    for split, evaluate_split in evaluate_on.items():
+        results.update(prefixed(evaluate_split(), "eval" if split == "validation" else "test"))
 
     save_run(accelerator, args.output_dir, model, tokenizer, results)
     if accelerator.is_main_process:
@@ -123,7 +124,7 @@ def main(argv=None):
         print(f"saved to {args.output_dir}")
 
     # free the model before ending: gloo can hang at exit otherwise
-    del model, optimizer, trainer
+    del model, optimizer, trainer, evaluate_on
     accelerator.free_memory()
     accelerator.end_training()
     return results

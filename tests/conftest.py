@@ -109,7 +109,7 @@ def cls_files(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("cls-data")
     return {
         split: str(write_jsonl(folder / f"{split}.jsonl", make_classification_rows(n, seed)))
-        for split, n, seed in (("train", 192, 1), ("validation", 48, 2), ("test", 48, 3))
+        for split, n, seed in (("train", 384, 1), ("validation", 48, 2), ("test", 48, 3))
     }
 
 
@@ -118,7 +118,7 @@ def ner_files(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("ner-data")
     return {
         split: str(write_jsonl(folder / f"{split}.jsonl", make_ner_rows(n, seed)))
-        for split, n, seed in (("train", 160, 4), ("validation", 40, 5), ("test", 40, 6))
+        for split, n, seed in (("train", 320, 4), ("validation", 40, 5), ("test", 40, 6))
     }
 
 

@@ -86,7 +86,7 @@ def test_carve_validation_is_seeded_and_disjoint():
 def test_validation_split_percentage_in_load_splits(tmp_path, cls_files):
     args = DataArguments(train_file=cls_files["train"], validation_split_percentage=25, max_test_samples=5)
     splits = load_splits(args, seed=0)
-    assert len(splits["validation"]) == 48 and len(splits["train"]) == 144
+    assert len(splits["validation"]) == 96 and len(splits["train"]) == 288
 
 
 # ---- bad input: every message names the file, line and field ------------------------------------
