@@ -1,11 +1,12 @@
 import pytest
-from conftest import write_jsonl
 from transformers import AutoTokenizer
 
 from nlptransfer.config import DataArguments
 from nlptransfer.data import carve_validation, encode_splits, load_splits
 from nlptransfer.readers import DataError, Records, read_file
 from nlptransfer.tasks import TaskSpec
+
+from conftest import write_jsonl
 
 
 def encode(tmp_path, tokenizer, kind, splits, max_length=32, **spec_kwargs):
