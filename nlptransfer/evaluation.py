@@ -16,6 +16,7 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, loader: Dat
     """Logits of every feature, in feature order, each example exactly once across processes."""
     model.eval()
     logits_by_index: list[np.ndarray | None] = [None] * size
+    gathered = 0
     for batch in loader:
         index = batch.pop("feature_index")
         batch.pop("labels", None)
@@ -23,12 +24,13 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, loader: Dat
         if logits.dim() == 3:  # token logits: widths differ between processes
             logits = accelerator.pad_across_processes(logits, dim=1)
         index, logits = accelerator.gather_for_metrics((index, logits))
+        gathered += len(index)
         for i, row in zip(index.tolist(), logits.float().cpu().numpy()):
             logits_by_index[i] = row
     model.train()
     missing = sum(row is None for row in logits_by_index)
-    if missing:
-        raise RuntimeError(f"evaluation lost {missing} of {size} examples")
+    if missing or gathered != size:  # each example exactly once, whatever the number of processes
+        raise RuntimeError(f"evaluation gathered {gathered} predictions for {size} examples ({missing} missing)")
     return logits_by_index
 
 

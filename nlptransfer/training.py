@@ -289,5 +289,6 @@ class Trainer:
             "train_steps_per_second": state.step / runtime if runtime else 0.0,
             "train_loss": state.train_loss_sum / max(state.train_loss_count, 1),
             "train_steps": state.step,
+            "train_num_processes": accelerator.num_processes,
             "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_loader), 1),
         }

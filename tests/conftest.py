@@ -53,7 +53,7 @@ def make_classification_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for _ in range(n):
         label = rng.choice(sorted(TOPICS))
-        words = rng.sample(FILLERS, 3) + [rng.choice(TOPICS[label])] + rng.sample(FILLERS, 2)
+        words = [*rng.sample(FILLERS, 3), rng.choice(TOPICS[label])]
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows

@@ -1,0 +1,54 @@
+"""The recipe under `accelerate launch` with two CPU processes (gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, recipe_args
+
+
+@pytest.mark.distributed
+def test_two_process_run_counts_each_example_once(tiny_model, cls_files, tmp_path):
+    out = tmp_path / "ddp"
+    # `--cpu --num_processes 2` silently runs ONE process; --multi_gpu with ACCELERATE_USE_CPU=1 runs two gloo ranks
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        str(REPO / "recipes" / "finetune.py"),
+        *recipe_args(
+            tiny_model,
+            cls_files,
+            out,
+            "--learning_rate",
+            "2e-3",
+            "--warmup_ratio",
+            "0.1",
+            "--per_device_train_batch_size",
+            "8",
+            "--num_train_epochs",
+            "6",
+        ),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_num_processes"] == 2
+    # 48 test rows over 2 ranks with eval batch 64: padding duplicates must not be scored
+    assert results["test_samples"] == 48 and results["eval_samples"] == 48
+    assert results["test_accuracy"] >= 0.8
