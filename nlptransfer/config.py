@@ -91,7 +91,8 @@ class TrainArguments:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of AdamW."})
+    # 1e-4 with 10% warm-up: chosen on a held-out 10% of TREC train (0.941 vs 0.921 for 5e-5), see README
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of AdamW."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
@@ -99,7 +100,7 @@ class TrainArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 turns it off)."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs to train (ignored if max_steps is set)."})
     max_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps; overrides num_train_epochs."})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of steps with linear warm-up."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warm-up."})
     lr_scheduler_type: str = field(
         default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, ..."}
     )
@@ -121,7 +122,10 @@ class TrainArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Checkpoint folder to resume from, or 'latest' for the newest in output_dir."}
     )
-    group_by_length: bool = field(default=False, metadata={"help": "Batch examples of similar length together."})
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch examples of similar length together (less padding, ~1.8x faster on CoNLL)."},
+    )
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no, fp16 or bf16; default: what `accelerate launch`/config says."}
     )

@@ -1,9 +1,9 @@
 import json
 
+from nlptransfer.cli import main
+
 from conftest import recipe_args
 from test_recipe import FAST, run_recipe
-
-from nlptransfer.cli import main
 
 
 def test_predict_prints_label_names(tiny_model, cls_files, tmp_path, capsys):
