@@ -9,7 +9,15 @@ from nlptransfer.modeling import count_parameters, load_model_for_task, load_tok
 from nlptransfer.readers import DataError, Records, read_file
 from nlptransfer.resolve import ModelNotFoundError, register_installed_model, resolve_model
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
-from nlptransfer.training import Trainer, TrainState, build_optimizer, build_scheduler, check_output_dir, total_steps
+from nlptransfer.training import (
+    Trainer,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    check_output_dir,
+    set_cpu_threads,
+    total_steps,
+)
 
 __version__ = "0.1.0"
 
@@ -49,6 +57,7 @@ __all__ = [
     "resolve_model",
     "save_config",
     "save_run",
+    "set_cpu_threads",
     "total_steps",
     "train_dataloader",
 ]

@@ -129,6 +129,9 @@ class TrainArguments:
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no, fp16 or bf16; default: what `accelerate launch`/config says."}
     )
+    cpu_threads: int | None = field(
+        default=None, metadata={"help": "Torch threads per process on CPU (default: the cores split over processes)."}
+    )
     logging_steps: int = field(default=50, metadata={"help": "Log the training loss every N optimizer steps."})
     report_to: str = field(
         default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard, wandb...)."}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,18 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+def set_cpu_threads(accelerator: Accelerator, threads: int | None = None) -> None:
+    """On CPU, give each process its share of the cores.
+
+    `accelerate launch` without a config exports OMP_NUM_THREADS=1, which halves a one-process CPU
+    run on two cores; `threads` (--cpu_threads) overrides the split.
+    """
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads or max(1, cores // accelerator.num_processes))
 
 
 def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:

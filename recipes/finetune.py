@@ -40,6 +40,7 @@ from nlptransfer import (
     prefixed,
     save_config,
     save_run,
+    set_cpu_threads,
     total_steps,
     train_dataloader,
 )
@@ -62,6 +63,7 @@ def main(argv=None):
     datasets.utils.logging.set_verbosity_warning()
     transformers.utils.logging.set_verbosity_warning()
     set_seed(args.seed)
+    set_cpu_threads(accelerator, args.cpu_threads)
 
     # data: read, validate, label set from train, tokenize (once, main process first)
     spec = TaskSpec.from_data_args(data_args)
@@ -86,8 +88,9 @@ def main(argv=None):
     loaders = dict(zip(eval_splits, eval_loaders))
     steps = total_steps(len(train_loader), args)
     scheduler = accelerator.prepare(build_scheduler(optimizer, steps, args, accelerator.num_processes))
-    if args.trackers:
-        accelerator.init_trackers("nlptransfer", config={**vars(data_args), **vars(args), **vars(model_args)})
+    if args.trackers:  # trackers take scalars and strings only
+        hparams = {**vars(model_args), **vars(data_args), **vars(args)}
+        accelerator.init_trackers("nlptransfer", config={k: v for k, v in hparams.items() if v is not None})
 
     evaluate_on = {
         split: partial(evaluate, accelerator, model, loader, encoded[split], spec) for split, loader in loaders.items()

