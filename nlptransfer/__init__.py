@@ -1,11 +1,12 @@
 """nlptransfer: adapt pretrained encoders to new NLP tasks."""
 
+from nlptransfer.adapters import LoraArgs, apply_adapter, head_modules, merge_adapter
 from nlptransfer.batching import EpochSampler, PaddingCollator, eval_dataloader, train_dataloader
 from nlptransfer.config import ConfigError, DataArguments, ModelArguments, TrainArguments, parse_args, save_config
 from nlptransfer.data import carve_validation, encode_splits, load_splits
 from nlptransfer.evaluation import evaluate, predict_logits, prefixed
 from nlptransfer.metrics import classification_metrics, ner_metrics
-from nlptransfer.modeling import count_parameters, load_model_for_task, load_tokenizer, save_run
+from nlptransfer.modeling import count_parameters, load_adapter_model, load_model_for_task, load_tokenizer, save_run
 from nlptransfer.readers import DataError, Records, read_file
 from nlptransfer.resolve import ModelNotFoundError, register_installed_model, resolve_model
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
@@ -22,20 +23,22 @@ from nlptransfer.training import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "TASK_KINDS",
     "ConfigError",
     "DataArguments",
     "DataError",
     "Encoded",
     "EpochSampler",
+    "LoraArgs",
     "ModelArguments",
     "ModelNotFoundError",
     "PaddingCollator",
     "Records",
+    "TASK_KINDS",
     "TaskSpec",
     "TrainArguments",
     "TrainState",
     "Trainer",
+    "apply_adapter",
     "build_optimizer",
     "build_scheduler",
     "carve_validation",
@@ -45,9 +48,12 @@ __all__ = [
     "encode_splits",
     "eval_dataloader",
     "evaluate",
+    "head_modules",
+    "load_adapter_model",
     "load_model_for_task",
     "load_splits",
     "load_tokenizer",
+    "merge_adapter",
     "ner_metrics",
     "parse_args",
     "predict_logits",

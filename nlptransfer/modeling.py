@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from peft import PeftModel
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from nlptransfer.resolve import load_error, resolve_model
@@ -42,22 +43,55 @@ def load_model_for_task(model_args, spec: TaskSpec) -> PreTrainedModel:
         raise load_error(model_args.model_name_or_path, err) from err
 
 
+TASK_FILE = "nlptransfer_task.json"
+
+
 def save_run(
     accelerator: Accelerator,
     output_dir: str | Path,
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     results: dict,
+    spec: TaskSpec,
+    base_model: str,
 ) -> None:
-    """`save_pretrained` (safetensors) of the gathered weights, the tokenizer and `all_results.json`."""
+    """`save_pretrained` (safetensors) of the gathered weights (or of the adapter with its head), the
+    tokenizer, the task's label names (`nlptransfer_task.json`) and `all_results.json`."""
     state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP/DeepSpeed) parameters; all ranks call it
     if accelerator.is_main_process:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
+        unwrapped = accelerator.unwrap_model(model)
+        if isinstance(unwrapped, PeftModel):
+            unwrapped.save_pretrained(output_dir)  # adapter weights plus modules_to_save (the head)
+        else:
+            unwrapped.save_pretrained(output_dir, state_dict=state_dict)
         tokenizer.save_pretrained(output_dir)
+        task = {"task_type": spec.kind, "labels": spec.labels, "base_model": base_model}
+        (output_dir / TASK_FILE).write_text(json.dumps(task, indent=2))
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     accelerator.wait_for_everyone()
+
+
+def load_adapter_model(path: str, revision: str | None = None) -> PeftModel:
+    """Reload a saved adapter run (local folder or Hub repo) with its head and label names, in one call."""
+    from huggingface_hub import hf_hub_download
+
+    def fetch(name: str) -> Path:
+        if Path(path).is_dir():
+            return Path(path) / name
+        return Path(hf_hub_download(path, name, revision=revision))
+
+    task = json.loads(fetch(TASK_FILE).read_text())
+    base = json.loads(fetch("adapter_config.json").read_text())["base_model_name_or_path"]
+    labels = task["labels"]
+    model = TASK_KINDS[task["task_type"]].auto_model.from_pretrained(
+        resolve_model(base),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    return PeftModel.from_pretrained(model, path, revision=revision)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -22,20 +22,24 @@ from accelerate.utils import set_seed
 
 from nlptransfer import (
     DataArguments,
+    LoraArgs,
     ModelArguments,
     PaddingCollator,
     TaskSpec,
     TrainArguments,
     Trainer,
+    apply_adapter,
     build_optimizer,
     build_scheduler,
     check_output_dir,
+    count_parameters,
     encode_splits,
     eval_dataloader,
     evaluate,
     load_model_for_task,
     load_splits,
     load_tokenizer,
+    merge_adapter,
     parse_args,
     prefixed,
     save_config,
@@ -48,7 +52,9 @@ from nlptransfer.tasks import TASK_KINDS
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_args(ModelArguments, DataArguments, TrainArguments, args=argv)
+    model_args, data_args, args, lora_args = parse_args(
+        ModelArguments, DataArguments, TrainArguments, LoraArgs, args=argv
+    )
     check_output_dir(args.output_dir, args)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -75,6 +81,10 @@ def main(argv=None):
 
     # model and batches
     model = load_model_for_task(model_args, spec)
+    if lora_args.enabled:  # adapters train; the encoder stays frozen, the head trains and is saved with them
+        model = apply_adapter(model, lora_args, spec.kind, model_args.model_name_or_path)
+    trainable, total = count_parameters(model)
+    accelerator.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     collator = PaddingCollator(tokenizer.pad_token_id)
     train_loader = train_dataloader(
         encoded["train"].features, args.per_device_train_batch_size, collator, args.seed, args.group_by_length
@@ -115,9 +125,13 @@ def main(argv=None):
     for split, evaluate_split in evaluate_on.items():
         results.update(prefixed(evaluate_split(), "eval" if split == "validation" else "test"))
 
-    save_run(accelerator, args.output_dir, model, tokenizer, results)
+    results.update(trainable_parameters=trainable, total_parameters=total)
+    save_run(accelerator, args.output_dir, model, tokenizer, results, spec, model_args.model_name_or_path)
     if accelerator.is_main_process:
-        save_config(f"{args.output_dir}/run_config.yaml", model_args, data_args, args)
+        save_config(f"{args.output_dir}/run_config.yaml", model_args, data_args, args, lora_args)
+        if lora_args.enabled and lora_args.merge:
+            merge_adapter(accelerator.unwrap_model(model)).save_pretrained(f"{args.output_dir}/merged")
+            tokenizer.save_pretrained(f"{args.output_dir}/merged")
         headline = [
             k
             for k in results

@@ -153,3 +153,18 @@ def test_non_class_label(tmp_path, tokenizer):
 def test_empty_ner_sentence(tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"train\.jsonl:1: field 'tokens' is an empty sentence"):
         encode(tmp_path, tokenizer, "ner", {"train": [{"tokens": [], "ner_tags": []}]})
+
+
+def test_hub_style_dataset_class_labels_become_names(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    folder = tmp_path / "hub_ds"
+    folder.mkdir()
+    for split, rows in (
+        ("train", {"text": ["good", "bad"], "label": [1, 0]}),
+        ("test", {"text": ["fine"], "label": [1]}),
+    ):
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}.parquet"))
+    splits = load_splits(DataArguments(dataset_name=str(folder)), seed=0)
+    assert [r["label"] for r in splits["train"].rows] == ["pos", "neg"]
+    assert splits["test"].where(0).endswith("split test, row 0")

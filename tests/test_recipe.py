@@ -178,3 +178,12 @@ def test_tensorboard_tracker_logs_eval_metrics(tiny_model, cls_files, tmp_path):
     )
     events = list(out.rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 0
+
+
+def test_bf16_autocast_on_cpu_trains_and_saves_fp32(tiny_model, cls_files, tmp_path):
+    out = tmp_path / "bf16"
+    results = run_recipe(
+        recipe_args(tiny_model, cls_files, out, *FAST, "--max_steps", "6", "--mixed_precision", "bf16")
+    )
+    assert results["train_steps"] == 6 and "test_accuracy" in results
+    assert all(t.dtype == torch.float32 for t in load_file(out / "model.safetensors").values())

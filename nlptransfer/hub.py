@@ -1,0 +1,238 @@
+"""Model cards and Hub pushes: the only module that talks to `HfApi`.
+
+The token comes from the usual places (`HF_TOKEN`, the login cache) through `huggingface_hub`
+itself and is never printed. Transient HTTP errors are retried; a failed push leaves the run
+folder as it was (the card is uploaded from memory, never written into the run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+SKIP_PATTERNS = ("checkpoints/", "runs/", "merged/", ".tmp-")
+PIPELINE_TAGS = {"classification": "text-classification", "ner": "token-classification"}
+HEADLINE_METRICS = {"classification": ("accuracy", "f1"), "ner": ("f1", "precision", "recall", "strict_f1")}
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{{ summary }}
+
+## Labels
+
+{{ labels }}
+
+## Results
+
+| split | metric | value |
+|---|---|---|
+{{ results_table }}
+
+## How to load
+
+```python
+{{ loading_snippet }}
+```
+
+## Training
+
+{{ training }}
+
+Trained with [nlptransfer](https://github.com/) `recipes/finetune.py`; the full resolved configuration is in
+`run_config.yaml`.
+"""
+
+
+class PushError(RuntimeError):
+    """The push failed; the local run is untouched and the message says what to re-run."""
+
+
+def _is_transient(err: Exception) -> bool:
+    if isinstance(err, HfHubHTTPError):
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        return status in RETRY_STATUS
+    return isinstance(err, (ConnectionError, TimeoutError, OSError))
+
+
+def with_retries(call: Callable[[], T], attempts: int = 4, wait: float = 1.0) -> T:
+    """Retry transient HTTP/network errors with exponential back-off; other errors raise at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - filtered by _is_transient, re-raised otherwise
+            if attempt == attempts or not _is_transient(err):
+                raise
+            logger.warning("transient Hub error (%s), retry %d/%d", type(err).__name__, attempt, attempts - 1)
+            time.sleep(wait * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """What a card needs from a run folder: config, results, labels, whether it is an adapter."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    config_file = run / "run_config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    results = json.loads((run / "all_results.json").read_text()) if (run / "all_results.json").is_file() else {}
+    task = json.loads((run / "nlptransfer_task.json").read_text()) if (run / "nlptransfer_task.json").is_file() else {}
+    model_config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    labels = task.get("labels") or [
+        model_config.get("id2label", {})[k] for k in sorted(model_config.get("id2label", {}), key=int)
+    ]
+    return {
+        "config": config,
+        "results": results,
+        "labels": labels,
+        "adapter": (run / "adapter_config.json").is_file(),
+        "task_type": task.get("task_type") or config.get("task_type", "classification"),
+        "base_model": task.get("base_model") or config.get("model_name_or_path"),
+    }
+
+
+def build_model_card(run_dir: str | Path, repo_id: str) -> ModelCard:
+    run = read_run(run_dir)
+    config, results, kind = run["config"], run["results"], run["task_type"]
+    datasets = [config[k] for k in ("dataset_name", "train_file") if config.get(k)]
+    dataset_name = (
+        Path(datasets[0]).parent.name
+        if datasets and not config.get("dataset_name")
+        else (datasets[0] if datasets else "custom")
+    )
+    eval_results = [
+        EvalResult(
+            task_type=PIPELINE_TAGS[kind],
+            dataset_type=config.get("dataset_name") or dataset_name,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=metric,
+            metric_value=float(results[f"{prefix}_{metric}"]),
+        )
+        for prefix, split in (("test", "test"), ("eval", "validation"))
+        for metric in HEADLINE_METRICS[kind]
+        if f"{prefix}_{metric}" in results
+    ]
+    card_data = ModelCardData(
+        base_model=run["base_model"],
+        datasets=[dataset_name] if datasets else None,
+        library_name="peft" if run["adapter"] else "transformers",
+        pipeline_tag=PIPELINE_TAGS[kind],
+        tags=["nlptransfer", kind] + (["lora", "peft"] if run["adapter"] else []),
+        eval_results=eval_results or None,
+        model_name=repo_id.split("/")[-1],
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+    )
+    rows = [
+        f"| {'test' if key.startswith('test_') else 'validation'} | {key.split('_', 1)[1]} | {value:.4f} |"
+        for key, value in sorted(results.items())
+        if key.split("_", 1)[0] in ("test", "eval")
+        and isinstance(value, float)
+        and key.split("_", 1)[1] in HEADLINE_METRICS[kind] + ("accuracy",)
+    ]
+    hyper = [
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_ratio",
+        "weight_decay",
+        "lr_scheduler_type",
+        "max_seq_length",
+        "seed",
+        "peft",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "use_dora",
+    ]
+    training = "\n".join(f"- `{k}`: {config[k]}" for k in hyper if config.get(k) not in (None, [], ""))
+    for key in ("trainable_parameters", "total_parameters", "adapter_size_bytes"):
+        if key in results:
+            training += f"\n- {key.replace('_', ' ')}: {int(results[key]):,}"
+    auto = (
+        "AutoPeftModelForSequenceClassification" if kind == "classification" else "AutoPeftModelForTokenClassification"
+    )
+    plain = "AutoModelForSequenceClassification" if kind == "classification" else "AutoModelForTokenClassification"
+    if run["adapter"]:
+        labels = run["labels"]
+        snippet = (
+            f"from peft import {auto}\n\n"
+            f'model = {auto}.from_pretrained(\n    "{repo_id}", num_labels={len(labels)},\n'
+            f"    id2label={dict(enumerate(labels))!r},\n)\n\n"
+            f"# or, resolving the base model offline when it ships as a package:\n"
+            f'from nlptransfer import load_adapter_model\nmodel = load_adapter_model("{repo_id}")'
+        )
+    else:
+        snippet = f'from transformers import pipeline\n\nclassifier = pipeline("{PIPELINE_TAGS[kind]}", model="{repo_id}")\n# or {plain}.from_pretrained("{repo_id}")'
+    what = "LoRA adapter (with its task head)" if run["adapter"] else "fine-tuned model"
+    return ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
+        model_name=repo_id.split("/")[-1],
+        summary=f"A {what} for {kind} on top of `{run['base_model']}`, trained on {dataset_name}.",
+        labels=", ".join(f"`{label}`" for label in run["labels"]) or "(none recorded)",
+        results_table="\n".join(rows) or "| - | - | - |",
+        loading_snippet=snippet,
+        training=training or "(not recorded)",
+    )
+
+
+def push_run(
+    run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, merged: bool = False
+) -> str:
+    """Create the repo and upload the run (adapter or model, tokenizer, config, results) plus a card, in one commit."""
+    run = Path(run_dir)
+    source = run / "merged" if merged else run
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: nothing to push" + (" (train with --merge first)" if merged else ""))
+    api = HfApi(token=token)
+    card = build_model_card(run, repo_id)
+    files = sorted(
+        p
+        for p in source.rglob("*")
+        if p.is_file() and not any(s in p.relative_to(source).as_posix() for s in SKIP_PATTERNS)
+    )
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(source).as_posix(), path_or_fileobj=str(p)) for p in files
+    ]
+    if merged:
+        operations += [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(run / name))
+            for name in ("all_results.json", "run_config.yaml")
+            if (run / name).is_file()
+        ]
+    operations = [op for op in operations if op.path_in_repo != "README.md"]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    try:
+        url = with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True))
+        commit = with_retries(
+            lambda: api.create_commit(
+                repo_id, operations=operations, commit_message=f"Upload {run.name} with nlptransfer"
+            )
+        )
+    except Exception as err:
+        raise PushError(
+            f"pushing {run_dir} to {repo_id} failed ({type(err).__name__}: {err}); the run folder is unchanged. "
+            f"Re-run: nlptransfer push {run_dir} {repo_id}"
+            + (" --private" if private else "")
+            + (" --merged" if merged else "")
+        ) from err
+    return getattr(commit, "commit_url", None) or str(url)
