@@ -128,7 +128,6 @@ def apply_adapter(model: torch.nn.Module, args: LoraArgs, task_kind: str, base_m
         config = config_from_file(args.peft_config_file, model, task_type)
     else:
         config = PEFT_METHODS[args.peft](args, model, task_type)
-    config.base_model_name_or_path = base_model
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_model
     return peft_model

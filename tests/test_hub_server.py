@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_server import HubServer
 
 from conftest import VOCAB
+from hub_server import HubServer
 
 LABELS = {0: "a", 1: "b", 2: "c"}
 TEXTS = ["the goal today", "a new chip with code"]
