@@ -1,4 +1,4 @@
-"""The `nlptransfer` command: `models`, `predict`. Training runs through the recipes."""
+"""The `nlptransfer` command: `models`, `predict`, `push`. Training runs through the recipes."""
 
 from __future__ import annotations
 
@@ -38,9 +38,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push a run folder (adapter or model, tokenizer, results) with a generated model card."""
+    from nlptransfer.hub import PushError, push_run
+
+    try:
+        url = push_run(args.run_dir, args.repo_id, private=args.private, merged=args.merged)
+    except (PushError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.run_dir} to {url}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "models": (cmd_models, "list offline model aliases and whether their packages are installed"),
     "predict": (cmd_predict, "predict with a saved model folder"),
+    "push": (cmd_push, "push a run folder to the Hub with a model card"),
 }
 
 
@@ -52,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="output_dir of a run (or a Hub id)")
     predict.add_argument("texts", nargs="*", help="texts to classify or tag; read from stdin when none")
     predict.add_argument("--device", default="cpu")
+    push = sub.add_parser("push", help=COMMANDS["push"][1])
+    push.add_argument("run_dir", help="output_dir of a run")
+    push.add_argument("repo_id", help="namespace/name on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument(
+        "--merged", action="store_true", help="push run_dir/merged (a --merge export) instead of the adapter"
+    )
     return parser
 
 

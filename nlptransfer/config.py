@@ -137,6 +137,9 @@ class TrainArguments:
         default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard, wandb...)."}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the saved run and a model card to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo to push to, as namespace/name."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
         allowed = {"epoch", "steps", "no"}
@@ -153,6 +156,8 @@ class TrainArguments:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("--push_to_hub needs --hub_model_id namespace/name")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 

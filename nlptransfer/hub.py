@@ -54,8 +54,7 @@ CARD_TEMPLATE = """---
 
 {{ training }}
 
-Trained with [nlptransfer](https://github.com/) `recipes/finetune.py`; the full resolved configuration is in
-`run_config.yaml`.
+Trained with nlptransfer's `recipes/finetune.py`; the full resolved configuration is in `run_config.yaml`.
 """
 
 

@@ -64,6 +64,7 @@ def save_run(
         unwrapped = accelerator.unwrap_model(model)
         if isinstance(unwrapped, PeftModel):
             unwrapped.save_pretrained(output_dir)  # adapter weights plus modules_to_save (the head)
+            results["adapter_size_bytes"] = (output_dir / "adapter_model.safetensors").stat().st_size
         else:
             unwrapped.save_pretrained(output_dir, state_dict=state_dict)
         tokenizer.save_pretrained(output_dir)

@@ -48,6 +48,7 @@ from nlptransfer import (
     total_steps,
     train_dataloader,
 )
+from nlptransfer.hub import push_run
 from nlptransfer.tasks import TASK_KINDS
 
 
@@ -144,6 +145,8 @@ def main(argv=None):
     del model, optimizer, trainer, evaluate_on
     accelerator.free_memory()
     accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:  # after saving: a failed push loses nothing
+        print(f"pushed to {push_run(args.output_dir, args.hub_model_id, private=args.hub_private)}")
     return results
 
 

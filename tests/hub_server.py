@@ -24,12 +24,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -132,11 +137,17 @@ class HubServer:
         self.lfs_verified: list[str] = []
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self.unknown_requests: list[tuple[str, str]] = []
+        self.faults: list[dict] = []  # see fail_next
         self.lock = threading.RLock()
         self._host, self._port = host, port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._counter = 0
+
+    def fail_next(self, method: str, match: str, status: int = 503, times: int = 1) -> None:
+        """Answer the next `times` requests whose path contains `match` with `status` (fault injection)."""
+        with self.lock:
+            self.faults.append({"method": method, "match": match, "status": status, "times": times})
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -277,6 +288,14 @@ class _HubHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         with self.hub.lock:
             self.hub.requests.append((method, self.path))
+            fault = next(
+                (f for f in self.hub.faults if f["method"] == method and f["match"] in path and f["times"]), None
+            )
+            if fault:
+                fault["times"] -= 1
+        if fault:  # injected by a test: a transient (or lasting) server error
+            self._send_json(fault["status"], {"error": "injected fault"}, {})
+            return
         try:
             result = self._route(method, path, raw_path, query, body)
         except HubError as err:
@@ -691,3 +710,40 @@ class _HubHandler(BaseHTTPRequestHandler):
             data, status = data[start : end + 1], 206
         self._send(status, data, headers, "application/octet-stream")
         return True
+
+
+# ---- running real clients against the server -----------------------------------------------------
+def client_env(hub: HubServer, hf_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        env.pop(proxy, None)
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_TOKEN="test-token",
+        HF_HUB_OFFLINE="0",
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_UPDATE_CHECK="1",
+        HF_HUB_ETAG_TIMEOUT="20",
+        HF_HUB_DOWNLOAD_TIMEOUT="20",
+        NO_PROXY="127.0.0.1,localhost",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+def run_client(
+    hub: HubServer, hf_home: Path, code: str, timeout: int = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter whose HF clients talk to `hub` (HF_ENDPOINT is read at import)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**client_env(hub, hf_home), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc

@@ -6,53 +6,16 @@ process in offline mode.
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import VOCAB
-from hub_server import HubServer
+from hub_server import HubServer, run_client
 
 LABELS = {0: "a", 1: "b", 2: "c"}
 TEXTS = ["the goal today", "a new chip with code"]
-
-
-def client_env(hub: HubServer, hf_home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        env.pop(proxy, None)
-    env.update(
-        HF_ENDPOINT=hub.url,
-        HF_HUB_DISABLE_XET="1",
-        HF_TOKEN="test-token",
-        HF_HUB_OFFLINE="0",
-        HF_HOME=str(hf_home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        HF_HUB_DISABLE_UPDATE_CHECK="1",
-        HF_HUB_ETAG_TIMEOUT="20",
-        HF_HUB_DOWNLOAD_TIMEOUT="20",
-        NO_PROXY="127.0.0.1,localhost",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-    )
-    return env
-
-
-def run_client(hub: HubServer, hf_home: Path, code: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=client_env(hub, hf_home),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return proc
 
 
 def last_json_line(stdout: str):

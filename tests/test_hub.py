@@ -1,0 +1,138 @@
+"""Push runs to the local Hub-protocol server and load them back in fresh processes."""
+
+import hashlib
+import json
+
+import pytest
+import yaml
+
+from conftest import recipe_args
+from hub_server import HubServer, run_client
+from test_adapters import LORA, TEXTS
+from test_recipe import run_recipe
+
+SECRET = "hf_secret_token_that_must_never_show"
+
+
+def push(hub, tmp_path, run_dir, repo_id, *extra):
+    code = f"""
+        import sys
+        from nlptransfer.cli import main
+        sys.exit(main(["push", {str(run_dir)!r}, {repo_id!r}, *{list(extra)!r}]))
+    """
+    return run_client(hub, tmp_path / "push_home", code, env={"HF_TOKEN": SECRET})
+
+
+def logits_code(loader: str, source: str) -> str:
+    return f"""
+        import json, torch
+        from transformers import AutoTokenizer
+        {loader}
+        model = model.eval()
+        tokenizer = AutoTokenizer.from_pretrained({source!r})
+        with torch.no_grad():
+            print(json.dumps(model(**tokenizer({TEXTS!r}, padding=True, return_tensors="pt")).logits.tolist()))
+    """
+
+
+def last_json(stdout: str):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def front_matter(readme: bytes) -> dict:
+    text = readme.decode()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model, cls_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hub") / "lora"
+    run_recipe(recipe_args(tiny_model, cls_files, out, *LORA, "--num_train_epochs", "3"))
+    return out
+
+
+def snapshot(folder) -> dict:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_push_adapter_then_load_from_hub_in_fresh_process(lora_run, tmp_path):
+    with HubServer() as hub:
+        before = snapshot(lora_run)
+        hub.fail_next("POST", "/commit/", status=503)  # a transient error is retried
+        done = push(hub, tmp_path, lora_run, "me/tiny-lora")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert hub.faults[0]["times"] == 0  # the injected 503 happened and the push went on
+        assert SECRET not in done.stdout + done.stderr
+        assert snapshot(lora_run) == before  # nothing written into the run (the card is uploaded from memory)
+
+        files = hub.files("me/tiny-lora")
+        assert {
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "nlptransfer_task.json",
+            "tokenizer.json",
+            "README.md",
+        } <= set(files)
+        adapter_oid = hashlib.sha256(files["adapter_model.safetensors"]).hexdigest()
+        assert adapter_oid in hub.lfs_uploads  # weights went through the LFS path
+        assert not any(p.startswith("checkpoints/") for p in files)
+
+        card = front_matter(files["README.md"])
+        assert card["library_name"] == "peft" and card["pipeline_tag"] == "text-classification"
+        assert "lora" in card["tags"]
+        results = card["model-index"][0]["results"]
+        metrics = {(r["dataset"]["split"], m["type"]): m["value"] for r in results for m in r["metrics"]}
+        recorded = json.loads((lora_run / "all_results.json").read_text())
+        assert metrics[("test", "accuracy")] == pytest.approx(recorded["test_accuracy"])
+        readme = files["README.md"].decode()
+        assert "`food`, `sport`, `tech`" in readme and 'load_adapter_model("me/tiny-lora")' in readme
+        assert "trainable parameters" in readme
+
+        local = run_client(
+            hub,
+            tmp_path / "local",
+            logits_code(
+                f"from nlptransfer import load_adapter_model; model = load_adapter_model({str(lora_run)!r})",
+                str(lora_run),
+            ),
+        )
+        remote = run_client(
+            hub,
+            tmp_path / "fresh",
+            logits_code(
+                'from nlptransfer import load_adapter_model; model = load_adapter_model("me/tiny-lora")', "me/tiny-lora"
+            ),
+        )
+        assert remote.returncode == 0, remote.stderr[-2000:]
+        assert last_json(remote.stdout) == last_json(local.stdout)
+
+
+def test_push_full_model_loads_with_auto_class(tiny_model, cls_files, tmp_path):
+    run = tmp_path / "full"
+    run_recipe(recipe_args(tiny_model, cls_files, run, "--max_steps", "5"))
+    with HubServer() as hub:
+        assert push(hub, tmp_path, run, "me/tiny-full", "--private").returncode == 0
+        assert hub.get_repo("me/tiny-full").private
+        card = front_matter(hub.files("me/tiny-full")["README.md"])
+        assert card["library_name"] == "transformers"
+        load = "from transformers import AutoModelForSequenceClassification as A; model = A.from_pretrained('{}')"
+        remote = run_client(hub, tmp_path / "fresh", logits_code(load.format("me/tiny-full"), "me/tiny-full"))
+        local = run_client(hub, tmp_path / "local", logits_code(load.format(run), str(run)))
+        assert remote.returncode == 0, remote.stderr[-2000:]
+        assert last_json(remote.stdout) == last_json(local.stdout)
+
+
+def test_failed_push_keeps_run_and_says_what_to_rerun(lora_run, tmp_path):
+    with HubServer() as hub:
+        before = snapshot(lora_run)
+        hub.fail_next("POST", "/commit/", status=500, times=10)
+        done = push(hub, tmp_path, lora_run, "me/broken")
+        assert done.returncode == 1
+        assert f"the run folder is unchanged. Re-run: nlptransfer push {lora_run} me/broken" in done.stderr
+        assert SECRET not in done.stdout + done.stderr
+        assert snapshot(lora_run) == before
