@@ -79,26 +79,31 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer, hidden-32 BERT and its fast WordPiece tokenizer, saved like any Hub model."""
-    from transformers import BertConfig, BertModel, BertTokenizer
+def tiny_bert_config(**overrides):
+    """Hidden 32, 2 layers: big enough to learn the toy tasks in a few dozen steps, small enough to be instant."""
+    from transformers import BertConfig
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
-    tokenizer.save_pretrained(folder)
-    config = BertConfig(
+    return BertConfig(
         vocab_size=len(VOCAB),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=64,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
+        **overrides,
     )
-    import torch
 
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 BERT and its fast WordPiece tokenizer, saved like any Hub model."""
+    import torch
+    from transformers import BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
+    tokenizer.save_pretrained(folder)
+    config = tiny_bert_config()
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return str(folder)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import VOCAB
+from conftest import VOCAB, tiny_bert_config
 from hub_server import HubServer, run_client
 
 LABELS = {0: "a", 1: "b", 2: "c"}
@@ -43,21 +43,11 @@ def hub():
 def tiny_cls(tmp_path_factory) -> Path:
     """A tiny BERT sequence classifier (3 labels) with its fast WordPiece tokenizer, saved to a folder."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+    from transformers import BertForSequenceClassification, BertTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-cls")
     BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)}).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=3,
-        id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
-    )
+    config = tiny_bert_config(num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder

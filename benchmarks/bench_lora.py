@@ -1,0 +1,124 @@
+"""LoRA vs full fine-tuning of MiniLM on TREC-6 and CoNLL-2003, side by side in one run.
+
+    python benchmarks/bench_lora.py            # full data, 3 epochs (about 30 min on 2 CPU cores)
+    python benchmarks/bench_lora.py --quick    # 500 training examples, 1 epoch: a smoke run
+
+Each system runs `recipes/finetune.py` in its own process (peak memory per system) with the same
+seed, epochs and batch size; LoRA gets its own learning rate (adapters want a higher one).
+Writes benchmarks/results/lora[_quick].json and prints a markdown table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data"))
+TASKS = {
+    "trec": {
+        "metric": "accuracy",
+        "args": ["--train_file", str(DATA / "trec/train.jsonl"), "--test_file", str(DATA / "trec/test.jsonl")],
+    },
+    "conll2003": {
+        "metric": "f1",
+        "args": [
+            "--task_type",
+            "ner",
+            "--train_file",
+            str(DATA / "conll2003/eng.train"),
+            "--validation_file",
+            str(DATA / "conll2003/eng.testa"),
+            "--test_file",
+            str(DATA / "conll2003/eng.testb"),
+        ],
+    },
+}
+
+
+def run_system(task_args: list[str], system_args: list[str], output_dir: Path) -> dict:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "_run.py"),
+        str(ROOT / "recipes" / "finetune.py"),
+        *task_args,
+        *system_args,
+        "--output_dir",
+        str(output_dir),
+        "--disable_tqdm",
+        "true",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
+    results = json.loads(line.removeprefix("BENCH_RESULT "))
+    weights = output_dir / (
+        "adapter_model.safetensors" if (output_dir / "adapter_model.safetensors").exists() else "model.safetensors"
+    )
+    results["saved_weights_bytes"] = weights.stat().st_size
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="500 training examples, 1 epoch")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--full_lr", type=float, default=1e-4)
+    parser.add_argument("--lora_lr", type=float, default=1e-3)
+    parser.add_argument("--lora_r", type=int, default=8)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    common = ["--seed", str(args.seed), "--num_train_epochs", "1" if args.quick else str(args.epochs)]
+    if args.quick:
+        common += ["--max_train_samples", "500", "--max_eval_samples", "500", "--max_test_samples", "500"]
+    systems = {
+        "full fine-tuning": ["--learning_rate", str(args.full_lr)],
+        f"LoRA r={args.lora_r}": ["--peft", "lora", "--lora_r", str(args.lora_r), "--learning_rate", str(args.lora_lr)],
+    }
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_lora_") as scratch:
+        for task, spec in ((t, TASKS[t]) for t in args.tasks):
+            for system, system_args in systems.items():
+                print(f"running {task} / {system} ...", flush=True)
+                results = run_system(spec["args"], common + system_args, Path(scratch) / f"{task}-{len(rows)}")
+                rows.append(
+                    {
+                        "task": task,
+                        "system": system,
+                        "metric": spec["metric"],
+                        "score": results[f"test_{spec['metric']}"],
+                        "trainable_parameters": results["trainable_parameters"],
+                        "total_parameters": results["total_parameters"],
+                        "trainable_percent": 100 * results["trainable_parameters"] / results["total_parameters"],
+                        "saved_weights_mib": results["saved_weights_bytes"] / 2**20,
+                        "train_runtime_s": results["train_runtime"],
+                        "peak_rss_mib": results["peak_rss_mib"],
+                        "args": common + system_args,
+                    }
+                )
+    for task in args.tasks:
+        full, lora = (r for r in rows if r["task"] == task)
+        lora["delta_vs_full_points"] = 100 * (lora["score"] - full["score"])
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"lora{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
+    print("\n| task | system | test score | Δ vs full (points) | trainable | saved weights | train time | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        delta = f"{r['delta_vs_full_points']:+.2f}" if "delta_vs_full_points" in r else "-"
+        print(
+            f"| {r['task']} | {r['system']} | {r['metric']} {r['score']:.4f} | {delta} | "
+            f"{r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%) | {r['saved_weights_mib']:.1f} MiB | "
+            f"{r['train_runtime_s']:.0f} s | {r['peak_rss_mib']:.0f} MiB |"
+        )
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
