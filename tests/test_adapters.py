@@ -52,13 +52,15 @@ def test_head_modules_found_by_structure():
     assert head_modules(distil) == ["pre_classifier", "classifier"]
 
 
-def test_lora_trains_only_adapters_and_head(tiny_model):
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_lora_trains_only_adapters_and_head(tiny_model, use_dora):
     model = BertForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
-    peft_model = apply_adapter(model, LoraArgs(peft="lora", lora_r=4), "classification", "my/base")
+    peft_model = apply_adapter(model, LoraArgs(peft="lora", lora_r=4, use_dora=use_dora), "classification", "my/base")
     trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name or "classifier" in name for name in trainable)
     assert any("classifier" in name for name in trainable)
     assert peft_model.peft_config["default"].base_model_name_or_path == "my/base"
+    assert any("lora_magnitude_vector" in name for name in trainable) == use_dora
 
 
 def test_lora_run_reloads_in_fresh_process_with_trained_head(tiny_model, cls_files, tmp_path):

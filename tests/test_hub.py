@@ -6,12 +6,13 @@ import json
 import pytest
 import yaml
 
-from conftest import recipe_args
+from conftest import REPO, recipe_args
 from hub_server import HubServer, run_client
 from test_adapters import LORA, TEXTS
 from test_recipe import run_recipe
 
 SECRET = "hf_secret_token_that_must_never_show"
+RECIPES = REPO / "recipes"
 
 
 def push(hub, tmp_path, run_dir, repo_id, *extra):
@@ -136,3 +137,21 @@ def test_failed_push_keeps_run_and_says_what_to_rerun(lora_run, tmp_path):
         assert f"the run folder is unchanged. Re-run: nlptransfer push {lora_run} me/broken" in done.stderr
         assert SECRET not in done.stdout + done.stderr
         assert snapshot(lora_run) == before
+
+
+def test_recipe_push_to_hub_flag(tiny_model, cls_files, tmp_path):
+    run = tmp_path / "pushed-by-recipe"
+    args = recipe_args(tiny_model, cls_files, run, "--peft", "lora", "--max_steps", "3")
+    args += ["--push_to_hub", "true", "--hub_model_id", "me/from-recipe", "--hub_private", "true"]
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(RECIPES)!r})
+        from finetune import main
+        main({args!r})
+    """
+    with HubServer() as hub:
+        done = run_client(hub, tmp_path / "home", code, env={"HF_TOKEN": SECRET})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "pushed to" in done.stdout and SECRET not in done.stdout + done.stderr
+        assert hub.get_repo("me/from-recipe").private
+        assert {"adapter_model.safetensors", "README.md", "all_results.json"} <= set(hub.files("me/from-recipe"))
