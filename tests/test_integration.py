@@ -31,9 +31,8 @@ pytestmark = [
 
 def test_trec_subset_learns(tmp_path):
     files = {"train": data("trec", "train.jsonl"), "test": data("trec", "test.jsonl")}
-    results = run_recipe(
-        recipe_args(MODEL, files, tmp_path / "trec", "--max_train_samples", "1000", "--num_train_epochs", "1")
-    )
+    extra = ["--max_train_samples", "2000", "--num_train_epochs", "2"]
+    results = run_recipe(recipe_args(MODEL, files, tmp_path / "trec", *extra))
     # 6 classes; the majority class (DESC) is 27.6% of the test set
     assert results["test_accuracy"] >= 0.75, results
     assert results["test_samples"] == 500
@@ -45,13 +44,13 @@ def test_conll_subset_learns(tmp_path):
         "--task_type",
         "ner",
         "--max_train_samples",
-        "1500",
+        "2000",
         "--max_test_samples",
         "1000",
         "--num_train_epochs",
-        "1",
+        "2",
     ]
     results = run_recipe(recipe_args(MODEL, files, tmp_path / "conll", *extra))
-    # an untrained head scores ~0 entity F1; predicting all 'O' scores exactly 0
+    # predicting all 'O' scores exactly 0 entity F1
     assert results["test_f1"] >= 0.5, results
-    assert results["test_strict_f1"] <= results["test_f1"]
+    assert 0.0 < results["test_strict_f1"] <= 1.0 and results["test_PER_number"] > 0

@@ -17,6 +17,9 @@ RECIPE = str(REPO / "recipes" / "finetune.py")
 
 def run_recipe(args: list[str]) -> dict:
     """Run recipes/finetune.py as a script (runpy), the way `python recipes/finetune.py ...` does."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
     saved = sys.argv
     sys.argv = [RECIPE, *args]
     try:
