@@ -7,6 +7,8 @@ folder as it was (the card is uploaded from memory, never written into the run).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import time
@@ -17,6 +19,8 @@ from typing import TypeVar
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
+
+from nlptransfer.tasks import TASK_KINDS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,11 +66,24 @@ class PushError(RuntimeError):
     """The push failed; the local run is untouched and the message says what to re-run."""
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network-level errors of whichever HTTP client this huggingface_hub uses (httpx2, httpx or requests)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx"):
+        if importlib.util.find_spec(name) is not None:
+            errors.append(importlib.import_module(name).TransportError)
+    if importlib.util.find_spec("requests") is not None:
+        import requests
+
+        errors += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    return tuple(errors)
+
+
 def _is_transient(err: Exception) -> bool:
     if isinstance(err, HfHubHTTPError):
         status = getattr(getattr(err, "response", None), "status_code", None)
         return status in RETRY_STATUS
-    return isinstance(err, (ConnectionError, TimeoutError, OSError))
+    return isinstance(err, _transport_errors())  # not every OSError: a missing file must fail at once
 
 
 def with_retries(call: Callable[[], T], attempts: int = 4, wait: float = 1.0) -> T:
@@ -105,8 +122,9 @@ def read_run(run_dir: str | Path) -> dict:
     }
 
 
-def build_model_card(run_dir: str | Path, repo_id: str) -> ModelCard:
+def build_model_card(run_dir: str | Path, repo_id: str, merged: bool = False) -> ModelCard:
     run = read_run(run_dir)
+    run["adapter"] = run["adapter"] and not merged  # a merged export is a plain model
     config, results, kind = run["config"], run["results"], run["task_type"]
     datasets = [config[k] for k in ("dataset_name", "train_file") if config.get(k)]
     dataset_name = (
@@ -166,10 +184,8 @@ def build_model_card(run_dir: str | Path, repo_id: str) -> ModelCard:
     for key in ("trainable_parameters", "total_parameters", "adapter_size_bytes"):
         if key in results:
             training += f"\n- {key.replace('_', ' ')}: {int(results[key]):,}"
-    auto = (
-        "AutoPeftModelForSequenceClassification" if kind == "classification" else "AutoPeftModelForTokenClassification"
-    )
-    plain = "AutoModelForSequenceClassification" if kind == "classification" else "AutoModelForTokenClassification"
+    plain = TASK_KINDS[kind].auto_model.__name__  # e.g. AutoModelForTokenClassification
+    auto = plain.replace("AutoModel", "AutoPeftModel")
     if run["adapter"]:
         labels = run["labels"]
         snippet = (
@@ -203,7 +219,7 @@ def push_run(
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: nothing to push" + (" (train with --merge first)" if merged else ""))
     api = HfApi(token=token)
-    card = build_model_card(run, repo_id)
+    card = build_model_card(run, repo_id, merged=merged)
     files = sorted(
         p
         for p in source.rglob("*")

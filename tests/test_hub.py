@@ -155,3 +155,21 @@ def test_recipe_push_to_hub_flag(tiny_model, cls_files, tmp_path):
         assert "pushed to" in done.stdout and SECRET not in done.stdout + done.stderr
         assert hub.get_repo("me/from-recipe").private
         assert {"adapter_model.safetensors", "README.md", "all_results.json"} <= set(hub.files("me/from-recipe"))
+
+
+def test_retry_only_transient_errors_and_merged_card_is_plain_model(lora_run):
+    from nlptransfer.hub import _is_transient, build_model_card, with_retries
+
+    assert _is_transient(ConnectionError()) and not _is_transient(FileNotFoundError("x"))
+    calls = []
+
+    def missing_file():
+        calls.append(1)
+        raise FileNotFoundError("weights.bin")
+
+    with pytest.raises(FileNotFoundError):
+        with_retries(missing_file, wait=0)
+    assert len(calls) == 1  # not retried
+    assert build_model_card(lora_run, "me/x").data.library_name == "peft"
+    merged = build_model_card(lora_run, "me/x", merged=True)
+    assert merged.data.library_name == "transformers" and "AutoModelForSequenceClassification" in merged.text
