@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--full_lr", type=float, default=1e-4)
     parser.add_argument("--lora_lr", type=float, default=1e-3)
     parser.add_argument("--lora_r", type=int, default=8)
+    parser.add_argument("--lora_target_modules", nargs="*", default=[], help="default: per architecture")
+    parser.add_argument("--lora_epochs", type=float, default=None, help="LoRA epochs (default: --epochs)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     common = ["--seed", str(args.seed), "--num_train_epochs", "1" if args.quick else str(args.epochs)]
@@ -79,7 +81,9 @@ def main() -> None:
         common += ["--max_train_samples", "500", "--max_eval_samples", "500", "--max_test_samples", "500"]
     systems = {
         "full fine-tuning": ["--learning_rate", str(args.full_lr)],
-        f"LoRA r={args.lora_r}": ["--peft", "lora", "--lora_r", str(args.lora_r), "--learning_rate", str(args.lora_lr)],
+        f"LoRA r={args.lora_r}": ["--peft", "lora", "--lora_r", str(args.lora_r), "--learning_rate", str(args.lora_lr)]
+        + (["--lora_target_modules", *args.lora_target_modules] if args.lora_target_modules else [])
+        + (["--num_train_epochs", str(args.lora_epochs)] if args.lora_epochs and not args.quick else []),
     }
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_lora_") as scratch:
@@ -93,6 +97,7 @@ def main() -> None:
                         "system": system,
                         "metric": spec["metric"],
                         "score": results[f"test_{spec['metric']}"],
+                        "validation_score": results.get(f"eval_{spec['metric']}"),
                         "trainable_parameters": results["trainable_parameters"],
                         "total_parameters": results["total_parameters"],
                         "trainable_percent": 100 * results["trainable_parameters"] / results["total_parameters"],
