@@ -20,6 +20,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
+from nlptransfer.modeling import TASK_FILE
 from nlptransfer.tasks import TASK_KINDS
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,12 @@ def read_run(run_dir: str | Path) -> dict:
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
-    config_file = run / "run_config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    results = json.loads((run / "all_results.json").read_text()) if (run / "all_results.json").is_file() else {}
-    task = json.loads((run / "nlptransfer_task.json").read_text()) if (run / "nlptransfer_task.json").is_file() else {}
-    model_config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+
+    def read(name: str, parse: Callable[[str], dict] = json.loads) -> dict:
+        return parse((run / name).read_text()) if (run / name).is_file() else {}
+
+    config, results = read("run_config.yaml", yaml.safe_load), read("all_results.json")
+    task, model_config = read(TASK_FILE), read("config.json")
     labels = task.get("labels") or [
         model_config.get("id2label", {})[k] for k in sorted(model_config.get("id2label", {}), key=int)
     ]
