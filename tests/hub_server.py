@@ -747,3 +747,8 @@ def run_client(
         timeout=timeout,
     )
     return proc
+
+
+def last_json_line(stdout: str):
+    """The last JSON object or list a client printed (libraries may print other lines before it)."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith(("{", "["))][-1])

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO, recipe_args
-from hub_server import HubServer, run_client
+from hub_server import HubServer, last_json_line, run_client
 from test_adapters import LORA, TEXTS
 from test_recipe import run_recipe
 
@@ -34,10 +34,6 @@ def logits_code(loader: str, source: str) -> str:
         with torch.no_grad():
             print(json.dumps(model(**tokenizer({TEXTS!r}, padding=True, return_tensors="pt")).logits.tolist()))
     """
-
-
-def last_json(stdout: str):
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def front_matter(readme: bytes) -> dict:
@@ -110,7 +106,7 @@ def test_push_adapter_then_load_from_hub_in_fresh_process(lora_run, tmp_path):
             ),
         )
         assert remote.returncode == 0, remote.stderr[-2000:]
-        assert last_json(remote.stdout) == last_json(local.stdout)
+        assert last_json_line(remote.stdout) == last_json_line(local.stdout)
 
 
 def test_push_full_model_loads_with_auto_class(tiny_model, cls_files, tmp_path):
@@ -125,7 +121,7 @@ def test_push_full_model_loads_with_auto_class(tiny_model, cls_files, tmp_path):
         remote = run_client(hub, tmp_path / "fresh", logits_code(load.format("me/tiny-full"), "me/tiny-full"))
         local = run_client(hub, tmp_path / "local", logits_code(load.format(run), str(run)))
         assert remote.returncode == 0, remote.stderr[-2000:]
-        assert last_json(remote.stdout) == last_json(local.stdout)
+        assert last_json_line(remote.stdout) == last_json_line(local.stdout)
 
 
 def test_failed_push_keeps_run_and_says_what_to_rerun(lora_run, tmp_path):

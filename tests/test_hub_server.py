@@ -12,14 +12,10 @@ import pytest
 import yaml
 
 from conftest import VOCAB, tiny_bert_config
-from hub_server import HubServer, run_client
+from hub_server import HubServer, last_json_line, run_client
 
 LABELS = {0: "a", 1: "b", 2: "c"}
 TEXTS = ["the goal today", "a new chip with code"]
-
-
-def last_json_line(stdout: str):
-    return json.loads([line for line in stdout.splitlines() if line.startswith(("{", "["))][-1])
 
 
 def local_logits(folder: Path) -> list[list[float]]:
