@@ -1,12 +1,31 @@
 """nlptransfer: adapt pretrained encoders to new NLP tasks."""
 
-from nlptransfer.adapters import LoraArgs, apply_adapter, head_modules, merge_adapter
-from nlptransfer.batching import EpochSampler, PaddingCollator, eval_dataloader, train_dataloader
-from nlptransfer.config import ConfigError, DataArguments, ModelArguments, TrainArguments, parse_args, save_config
+from nlptransfer.adapters import LoraArgs, apply_adapter, encoder_adapter_config, head_modules, merge_adapter
+from nlptransfer.batching import (
+    EpochSampler,
+    MultiTaskCollator,
+    PaddingCollator,
+    eval_dataloader,
+    train_dataloader,
+    with_task,
+)
+from nlptransfer.config import (
+    ConfigError,
+    DataArguments,
+    ModelArguments,
+    MultiTaskArguments,
+    TaskArguments,
+    TrainArguments,
+    parse_args,
+    save_config,
+)
 from nlptransfer.data import carve_validation, encode_splits, load_splits
 from nlptransfer.evaluation import evaluate, predict_logits, prefixed
+from nlptransfer.heads import HEADS
+from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.metrics import classification_metrics, ner_metrics
 from nlptransfer.modeling import count_parameters, load_adapter_model, load_model_for_task, load_tokenizer, save_run
+from nlptransfer.multitask import MultiTaskModel, MultiTaskOutput
 from nlptransfer.readers import DataError, Records, read_file
 from nlptransfer.resolve import ModelNotFoundError, register_installed_model, resolve_model
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
@@ -16,6 +35,7 @@ from nlptransfer.training import (
     build_optimizer,
     build_scheduler,
     check_output_dir,
+    parameters_in_sync,
     set_cpu_threads,
     total_steps,
 )
@@ -28,12 +48,19 @@ __all__ = [
     "DataError",
     "Encoded",
     "EpochSampler",
+    "HEADS",
+    "LOSS_WEIGHTINGS",
     "LoraArgs",
     "ModelArguments",
     "ModelNotFoundError",
+    "MultiTaskArguments",
+    "MultiTaskCollator",
+    "MultiTaskModel",
+    "MultiTaskOutput",
     "PaddingCollator",
     "Records",
     "TASK_KINDS",
+    "TaskArguments",
     "TaskSpec",
     "TrainArguments",
     "TrainState",
@@ -46,6 +73,7 @@ __all__ = [
     "classification_metrics",
     "count_parameters",
     "encode_splits",
+    "encoder_adapter_config",
     "eval_dataloader",
     "evaluate",
     "head_modules",
@@ -55,6 +83,7 @@ __all__ = [
     "load_tokenizer",
     "merge_adapter",
     "ner_metrics",
+    "parameters_in_sync",
     "parse_args",
     "predict_logits",
     "prefixed",
@@ -66,4 +95,5 @@ __all__ = [
     "set_cpu_threads",
     "total_steps",
     "train_dataloader",
+    "with_task",
 ]

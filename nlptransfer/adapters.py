@@ -28,7 +28,12 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "attention.output.dense"],
 }
-PEFT_TASK_TYPES = {"classification": TaskType.SEQ_CLS, "ner": TaskType.TOKEN_CLS}
+PEFT_TASK_TYPES = {
+    "classification": TaskType.SEQ_CLS,
+    "pair_classification": TaskType.SEQ_CLS,
+    "regression": TaskType.SEQ_CLS,
+    "ner": TaskType.TOKEN_CLS,
+}
 
 
 @dataclass
@@ -131,6 +136,17 @@ def apply_adapter(model: torch.nn.Module, args: LoraArgs, task_kind: str, base_m
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_model
     return peft_model
+
+
+def encoder_adapter_config(args: LoraArgs, encoder: torch.nn.Module) -> PeftConfig:
+    """The configured adapter for a bare encoder (the multi-task model's heads live outside it)."""
+    if args.peft_config_file:
+        config = config_from_file(args.peft_config_file, encoder, TaskType.FEATURE_EXTRACTION)
+    else:
+        config = PEFT_METHODS[args.peft](args, encoder, TaskType.FEATURE_EXTRACTION)
+    config.modules_to_save = None
+    config.task_type = None
+    return config
 
 
 def merge_adapter(model: PeftModel) -> torch.nn.Module:

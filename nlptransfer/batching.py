@@ -29,6 +29,30 @@ class PaddingCollator:
         return batch
 
 
+class MultiTaskCollator(PaddingCollator):
+    """Pad inputs as `PaddingCollator`; `labels` become {task name: tensor} in batch order (token
+    labels padded to the batch width), and `task_ids` says which head each row goes to."""
+
+    def __init__(self, pad_token_id: int, task_names: Sequence[str]):
+        super().__init__(pad_token_id)
+        self.task_names = list(task_names)
+
+    def __call__(self, features: Sequence[dict]) -> dict:
+        batch = super().__call__([{k: v for k, v in f.items() if k != "labels"} for f in features])
+        if "labels" not in features[0]:
+            return batch
+        width = batch["input_ids"].shape[1]
+        labels = {}
+        for index, name in enumerate(self.task_names):
+            rows = [f["labels"] for f in features if f["task_ids"] == index]
+            if rows and isinstance(rows[0], list):
+                rows = [row + [-100] * (width - len(row)) for row in rows]
+            if rows:
+                labels[name] = torch.tensor(rows)
+        batch["labels"] = labels
+        return batch
+
+
 class EpochSampler(Sampler[int]):
     """A seeded shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
 
@@ -86,3 +110,8 @@ def eval_dataloader(features: list[dict], batch_size: int, collator: PaddingColl
 
 def _indexed(features: list[dict]) -> list[dict]:
     return [{**feature, "feature_index": i} for i, feature in enumerate(features)]
+
+
+def with_task(features: list[dict], task_id: int) -> list[dict]:
+    """The same features tagged with the index of their task (for `MultiTaskModel` and its collator)."""
+    return [{**feature, "task_ids": task_id} for feature in features]

@@ -8,6 +8,7 @@ saved beside the model (`run_config.yaml`) and can be passed back with `--config
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,13 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    task_type: str = field(default="classification", metadata={"help": "Kind of task: classification or ner."})
+    task_type: str = field(
+        default="classification",
+        metadata={
+            "help": "Kind of task: classification (one text or a pair), pair_classification (needs "
+            "--text_pair_column_name), regression (a number per text or pair), or ner (word tags)."
+        },
+    )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, read with `datasets`."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
     train_file: str | None = field(default=None, metadata={"help": "Training data: .jsonl/.json/.csv/.tsv or CoNLL."})
@@ -70,10 +77,11 @@ class DataArguments:
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples."})
 
     def __post_init__(self):
-        from nlptransfer.tasks import TASK_KINDS
+        from nlptransfer.tasks import TASK_KINDS, TaskSpec
 
         if self.task_type not in TASK_KINDS:
             raise ConfigError(f"--task_type {self.task_type!r} is not known; choose one of {sorted(TASK_KINDS)}")
+        TASK_KINDS[self.task_type].check_spec(TaskSpec.from_data_args(self))
         if self.dataset_name is None and self.train_file is None:
             raise ConfigError("give --train_file (a local file) or --dataset_name (a Hub dataset id)")
         if not 0 <= self.validation_split_percentage < 100:
@@ -82,6 +90,78 @@ class DataArguments:
             )
         if self.max_seq_length < 8:
             raise ConfigError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+
+
+@dataclass
+class TaskArguments(DataArguments):
+    """One task of a multi-task run: the data flags plus a name and a loss weight."""
+
+    name: str | None = field(default=None, metadata={"help": "Task name (default: the train file's folder name)."})
+    weight: float = field(default=1.0, metadata={"help": "Static loss weight of this task."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.name:
+            self.name = Path(self.train_file).parent.name if self.train_file else self.dataset_name.split("/")[-1]
+
+
+@dataclass
+class MultiTaskArguments:
+    tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": "The tasks: a YAML/JSON file holding a list of task mappings, or that list as JSON; usually the "
+            "`tasks:` list of the --config YAML. A task takes the data flags (task_type, train_file, "
+            "text_column_name, ...) plus name and weight."
+        },
+    )
+    task_sampling: str = field(
+        default="temperature",
+        metadata={"help": "Which task each batch comes from: proportional, temperature, uniform or round_robin."},
+    )
+    sampling_temperature: float = field(
+        default=2.0, metadata={"help": "T of temperature sampling: P(task) ~ size^(1/T); 1 = proportional."}
+    )
+    mixed_task_batches: bool = field(
+        default=False, metadata={"help": "Draw the task per example (batches mix tasks) instead of per batch."}
+    )
+    loss_weighting: str = field(default="static", metadata={"help": "static (task weights) or uncertainty (learned)."})
+    compare_single_task: bool = field(
+        default=False,
+        metadata={"help": "Also train each task alone (same epochs over its data) and report per-task deltas."},
+    )
+
+    def __post_init__(self):
+        from nlptransfer.losses import LOSS_WEIGHTINGS
+
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(f"--loss_weighting {self.loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
+        if not self.tasks:
+            raise ConfigError("give the tasks: a `tasks:` list in the --config YAML, or --tasks tasks.yaml")
+        entries = self.tasks
+        if isinstance(entries, str):
+            text = Path(entries).read_text() if Path(entries).is_file() else entries
+            try:
+                entries = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--tasks: not a file and not a JSON/YAML list: {err}") from err
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise ConfigError(f"--tasks: expected a non-empty list of task mappings, got {entries!r}"[:300])
+        known = {f.name for f in dataclasses.fields(TaskArguments)}
+        self.task_args: list[TaskArguments] = []
+        for i, entry in enumerate(entries):
+            where = f"tasks[{i}]" + (f" ({entry['name']})" if entry.get("name") else "")
+            unknown = sorted(set(entry) - known)
+            if unknown:
+                raise ConfigError(f"{where}: unknown field(s) {unknown}; a task takes {sorted(known)}")
+            try:
+                self.task_args.append(TaskArguments(**entry))
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from err
+        names = [task.name for task in self.task_args]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks: names must be unique, got {names}; set `name:` per task")
+        self.tasks = entries  # saved back as a YAML list by save_config
 
 
 @dataclass
@@ -110,7 +190,10 @@ class TrainArguments:
         default=None, metadata={"help": "Evaluate every N optimizer steps (eval_strategy=steps)."}
     )
     metric_for_best_model: str | None = field(
-        default=None, metadata={"help": "Validation metric to select on (default: accuracy / f1 by task)."}
+        default=None,
+        metadata={
+            "help": "Validation metric to select on (default by task: accuracy, f1 for ner, pearson for regression)."
+        },
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after N evaluations without improvement (needs validation data)."}
@@ -186,7 +269,9 @@ def _yaml_to_argv(path: str) -> list[str]:
         if value is None:
             continue
         flag = f"--{key}"
-        if isinstance(value, list):
+        if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            argv += [flag, json.dumps(value)]  # e.g. the `tasks:` list of a multi-task run
+        elif isinstance(value, list):
             argv += [flag, *map(str, value)]
         else:
             argv += [flag, str(value)]

@@ -58,9 +58,19 @@ def carve_validation(train: Records, percentage: int, seed: int) -> tuple[Record
 def encode_splits(
     splits: dict[str, Records], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> dict[str, Encoded]:
-    """Validate every split, take the label set from train (unless `spec.labels` is set), tokenize."""
+    """Validate every split, take the label set from train (unless `spec.labels` is set), tokenize.
+
+    Kinds without a label set (regression) skip the label set: `spec.labels` is left as it is.
+    """
     kind = TASK_KINDS[spec.kind]
     checked = {split: kind.check(records, spec) for split, records in splits.items()}
+    if kind.has_label_set:
+        _fix_label_set(splits, checked, spec, kind)
+    return {split: kind.encode(splits[split], checked[split], tokenizer, spec, max_length) for split in splits}
+
+
+def _fix_label_set(splits: dict[str, Records], checked: dict[str, list], spec: TaskSpec, kind) -> None:
+    """Take the label set from train unless given; every label of every split must be in it."""
     if not spec.labels:
         spec.labels = kind.label_order({name for name in _flatten(checked["train"])})
     known = set(spec.labels)
@@ -73,7 +83,6 @@ def encode_splits(
                         f"{splits[split].where(index)}: label {name!r} in field {column!r} was not seen in the "
                         f"training data (known: {', '.join(spec.labels)})"
                     )
-    return {split: kind.encode(splits[split], checked[split], tokenizer, spec, max_length) for split in splits}
 
 
 def _flatten(labels: list) -> list[str]:

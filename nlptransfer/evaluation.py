@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 
 
 @torch.no_grad()
-def predict_logits(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, size: int) -> list[np.ndarray]:
-    """Logits of every feature, in feature order, each example exactly once across processes."""
+def predict_logits(
+    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, size: int, task: str | None = None
+) -> list[np.ndarray]:
+    """Logits of every feature, in feature order, each example exactly once across processes.
+
+    `task` picks one task's logits from a multi-task model's per-task outputs."""
     model.eval()
     logits_by_index: list[np.ndarray | None] = [None] * size
     gathered = 0
@@ -21,6 +25,8 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, loader: Dat
         index = batch.pop("feature_index")
         batch.pop("labels", None)
         logits = model(**batch).logits
+        if task is not None:
+            logits = logits[task]
         if logits.dim() == 3:  # token logits: widths differ between processes
             logits = accelerator.pad_across_processes(logits, dim=1)
         index, logits = accelerator.gather_for_metrics((index, logits))
@@ -34,23 +40,32 @@ def predict_logits(accelerator: Accelerator, model: torch.nn.Module, loader: Dat
     return logits_by_index
 
 
-def host_loss(encoded: Encoded, logits: list[np.ndarray]) -> float:
-    """Mean cross-entropy over labelled positions, computed once per example after gathering."""
-    total, count = 0.0, 0
-    for feature, row in zip(encoded.features, logits):
-        labels = torch.as_tensor(feature["labels"]).reshape(-1)
-        scores = torch.from_numpy(row).reshape(-1, row.shape[-1])[: labels.numel()]
-        total += float(F.cross_entropy(scores, labels, ignore_index=-100, reduction="sum"))
-        count += int((labels != -100).sum())
-    return total / max(count, 1)
+def host_loss(encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> float:
+    """The kind's loss (mean over labelled positions) of all gathered predictions, computed once on the host."""
+    kind = TASK_KINDS[spec.kind]
+    if not logits:
+        return 0.0
+    labels = [torch.as_tensor(feature["labels"]) for feature in encoded.features]
+    scores = [torch.from_numpy(row) for row in logits]
+    if kind.head == "token":  # widths differ between features: pad labels with -100, which the loss ignores
+        scores = pad_sequence([s[: len(y)] for s, y in zip(scores, labels)], batch_first=True)
+        labels = pad_sequence(labels, batch_first=True, padding_value=-100)
+    else:
+        scores, labels = torch.stack(scores), torch.stack(labels)
+    return float(kind.loss(scores, labels))
 
 
 def evaluate(
-    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, encoded: Encoded, spec: TaskSpec
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    encoded: Encoded,
+    spec: TaskSpec,
+    task: str | None = None,
 ) -> dict[str, float]:
-    logits = predict_logits(accelerator, model, loader, len(encoded.features))
+    logits = predict_logits(accelerator, model, loader, len(encoded.features), task)
     metrics = TASK_KINDS[spec.kind].score(encoded, logits, spec)
-    metrics["loss"] = host_loss(encoded, logits)
+    metrics["loss"] = host_loss(encoded, logits, spec)
     metrics["samples"] = len(encoded.records)
     return metrics
 

@@ -21,6 +21,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError
 
 from nlptransfer.modeling import TASK_FILE
+from nlptransfer.multitask import CONFIG_FILE as MULTITASK_FILE
 from nlptransfer.tasks import TASK_KINDS
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,18 @@ T = TypeVar("T")
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 SKIP_PATTERNS = ("checkpoints/", "runs/", "merged/", ".tmp-")
-PIPELINE_TAGS = {"classification": "text-classification", "ner": "token-classification"}
-HEADLINE_METRICS = {"classification": ("accuracy", "f1"), "ner": ("f1", "precision", "recall", "strict_f1")}
+PIPELINE_TAGS = {
+    "classification": "text-classification",
+    "pair_classification": "text-classification",
+    "regression": "text-classification",
+    "ner": "token-classification",
+}
+HEADLINE_METRICS = {
+    "classification": ("accuracy", "f1"),
+    "pair_classification": ("accuracy", "f1"),
+    "regression": ("pearson", "spearman", "mse"),
+    "ner": ("f1", "precision", "recall", "strict_f1"),
+}
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -212,6 +223,114 @@ def build_model_card(run_dir: str | Path, repo_id: str, merged: bool = False) ->
     )
 
 
+MULTITASK_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{{ summary }}
+
+## Tasks
+
+| task | kind | labels |
+|---|---|---|
+{{ tasks_table }}
+
+## Results
+
+| task | split | metric | value |
+|---|---|---|---|
+{{ results_table }}
+
+## How to load
+
+```python
+{{ loading_snippet }}
+```
+
+## Training
+
+{{ training }}
+"""
+
+
+def build_multitask_card(run_dir: str | Path, repo_id: str) -> ModelCard:
+    """A card for a `MultiTaskModel` folder: every task with its labels and per-task metrics as a model-index."""
+    run = Path(run_dir)
+    model = json.loads((run / MULTITASK_FILE).read_text())
+    results = json.loads((run / "all_results.json").read_text()) if (run / "all_results.json").is_file() else {}
+    config = yaml.safe_load((run / "run_config.yaml").read_text()) if (run / "run_config.yaml").is_file() else {}
+    tasks = model["tasks"]
+    eval_results, rows = [], []
+    for task in tasks:
+        name, kind = task["name"], task["kind"]
+        for prefix, split in (("test", "test"), ("eval", "validation")):
+            for metric in HEADLINE_METRICS[kind]:
+                value = results.get(f"{prefix}_{name}_{metric}")
+                if value is None:
+                    continue
+                rows.append(f"| {name} | {split} | {metric} | {value:.4f} |")
+                eval_results.append(
+                    EvalResult(
+                        task_type=PIPELINE_TAGS[kind],
+                        dataset_type=name,
+                        dataset_name=name,
+                        dataset_split=split,
+                        metric_type=metric,
+                        metric_value=float(value),
+                    )
+                )
+    card_data = ModelCardData(
+        base_model=model["base_model"],
+        library_name="nlptransfer",
+        tags=["nlptransfer", "multi-task", *sorted({task["kind"] for task in tasks})]
+        + (["lora", "peft"] if model.get("adapter") else []),
+        eval_results=eval_results or None,
+        model_name=repo_id.split("/")[-1],
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+    )
+    names = [task["name"] for task in tasks]
+    snippet = (
+        "from nlptransfer import MultiTaskModel\n\n"
+        f'model = MultiTaskModel.from_pretrained("{repo_id}")\n'
+        f'model.predict(["Who wrote Hamlet in London ?"], tasks={names!r})'
+    )
+    hyper = (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_ratio",
+        "task_sampling",
+        "sampling_temperature",
+        "loss_weighting",
+        "seed",
+        "peft",
+        "lora_r",
+        "lora_alpha",
+    )
+    training = "\n".join(f"- `{k}`: {config[k]}" for k in hyper if config.get(k) not in (None, [], ""))
+    for key in ("trainable_parameters", "total_parameters"):
+        if key in results:
+            training += f"\n- {key.replace('_', ' ')}: {int(results[key]):,}"
+    what = "shared LoRA adapter" if model.get("adapter") else "shared encoder"
+    return ModelCard.from_template(
+        card_data,
+        template_str=MULTITASK_CARD_TEMPLATE,
+        model_name=repo_id.split("/")[-1],
+        summary=f"One {what} on `{model['base_model']}` with a head per task ({', '.join(names)}), "
+        "trained together with nlptransfer's `MultiTaskModel`; one forward pass serves every task.",
+        tasks_table="\n".join(
+            f"| {t['name']} | {t['kind']} | {', '.join(f'`{label}`' for label in t['labels']) or '(score)'} |"
+            for t in tasks
+        ),
+        results_table="\n".join(rows) or "| - | - | - | - |",
+        loading_snippet=snippet,
+        training=training or "(not recorded)",
+    )
+
+
 def push_run(
     run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, merged: bool = False
 ) -> str:
@@ -221,7 +340,10 @@ def push_run(
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: nothing to push" + (" (train with --merge first)" if merged else ""))
     api = HfApi(token=token)
-    card = build_model_card(run, repo_id, merged=merged)
+    if (source / MULTITASK_FILE).is_file():
+        card = build_multitask_card(source, repo_id)
+    else:
+        card = build_model_card(run, repo_id, merged=merged)
     files = sorted(
         p
         for p in source.rglob("*")

@@ -2,7 +2,8 @@
 
 Classification: accuracy and macro precision/recall/F1. NER: entity precision/recall/F1 with
 seqeval at word level, both the default (conlleval-compatible) mode and strict IOB2, overall and
-per entity type, plus word accuracy.
+per entity type, plus word accuracy. Regression: Pearson and Spearman correlation and mean squared
+error, in plain numpy.
 """
 
 from __future__ import annotations
@@ -63,7 +64,46 @@ def ner_metrics(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, f
     return {key: float(value) for key, value in results.items()}
 
 
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks; tied values share the average of their ranks (as scipy.stats.rankdata does)."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts_group = np.r_[True, ordered[1:] != ordered[:-1]]
+    group = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends + 1) / 2)[group]  # mean of the 1-based ranks start+1 .. end
+    return ranks
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    scale = np.sqrt((x * x).sum() * (y * y).sum())
+    # undefined when either side is constant (e.g. a model that predicts one value): scored 0, no correlation
+    return float(np.clip((x * y).sum() / scale, -1.0, 1.0)) if scale > 0 else 0.0
+
+
+def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman (Pearson of tie-averaged ranks) correlation, and mean squared error.
+
+    A correlation is undefined when either side is constant; it is then reported as 0.0, so that
+    model selection on it still compares numbers.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    if len(y_true) == 0:
+        return {}
+    return {
+        "pearson": _pearson(y_true, y_pred),
+        "spearman": _pearson(average_ranks(y_true), average_ranks(y_pred)),
+        "mse": float(np.mean((y_pred - y_true) ** 2)),
+    }
+
+
 METRICS: dict[str, Callable[..., dict[str, float]]] = {
     "classification": classification_metrics,
+    "pair_classification": classification_metrics,
+    "regression": regression_metrics,
     "ner": ner_metrics,
 }

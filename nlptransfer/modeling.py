@@ -25,20 +25,14 @@ def load_tokenizer(model_args) -> PreTrainedTokenizerBase:
 
 
 def load_model_for_task(model_args, spec: TaskSpec) -> PreTrainedModel:
-    """The encoder plus a fresh head sized for `spec.labels`; a head of another size is replaced."""
+    """The encoder plus a fresh head sized for the task (`kind.num_outputs`, its label names and
+    problem_type); a head of another size is replaced."""
     path = resolve_model(model_args.model_name_or_path)
     common = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    kind = TASK_KINDS[spec.kind]
     try:
-        config = AutoConfig.from_pretrained(
-            path,
-            num_labels=len(spec.labels),
-            id2label=dict(enumerate(spec.labels)),
-            label2id=spec.label2id,
-            **common,
-        )
-        return TASK_KINDS[spec.kind].auto_model.from_pretrained(
-            path, config=config, ignore_mismatched_sizes=True, **common
-        )
+        config = AutoConfig.from_pretrained(path, **kind.model_config(spec), **common)
+        return kind.auto_model.from_pretrained(path, config=config, ignore_mismatched_sizes=True, **common)
     except OSError as err:
         raise load_error(model_args.model_name_or_path, err) from err
 
@@ -85,13 +79,9 @@ def load_adapter_model(path: str, revision: str | None = None) -> PeftModel:
 
     task = json.loads(fetch(TASK_FILE).read_text())
     base = json.loads(fetch("adapter_config.json").read_text())["base_model_name_or_path"]
-    labels = task["labels"]
-    model = TASK_KINDS[task["task_type"]].auto_model.from_pretrained(
-        resolve_model(base),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
+    kind = TASK_KINDS[task["task_type"]]
+    spec = TaskSpec(kind=task["task_type"], labels=task["labels"])
+    model = kind.auto_model.from_pretrained(resolve_model(base), **kind.model_config(spec))
     return PeftModel.from_pretrained(model, path, revision=revision)
 
 

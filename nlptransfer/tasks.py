@@ -1,17 +1,29 @@
-"""Task kinds: how each kind checks its rows, builds its label set, tokenizes and scores.
+"""Task kinds: how each kind checks its rows, builds its label set, tokenizes, scores and computes its loss.
 
-A new kind is one class registered in `TASK_KINDS`; recipes never branch on the kind.
+A new kind is one class registered in `TASK_KINDS`; recipes and models never branch on the kind's
+name. What a model needs to build a head and a loss for any kind:
+
+- `head`: "sequence" (one prediction per example, from the pooled output) or "token" (one per token);
+- `num_outputs(spec)`: the width of the head (the number of classes; 1 for regression);
+- `loss(logits, labels)`: the mean loss over labelled positions (label -100 marks an unlabelled one);
+- `has_label_set`: whether the kind predicts names from a label set (False for regression);
+- `model_config(spec)`: the transformers config settings of its head (num_labels, id2label, problem_type).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerBase
 
-from nlptransfer.metrics import classification_metrics, ner_metrics
+from nlptransfer.config import ConfigError
+from nlptransfer.metrics import classification_metrics, ner_metrics, regression_metrics
 from nlptransfer.readers import DataError, Records, iob1_to_iob2
 
 logger = logging.getLogger(__name__)
@@ -92,16 +104,95 @@ def _sorted_labels(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-class ClassificationKind:
-    name = "classification"
-    auto_model = AutoModelForSequenceClassification
-    default_metric = "accuracy"
+def _label_number(value, where: str, column: str) -> float:
+    """A regression target: an int or float, or a string holding one (CSV/TSV); finite, never a bool."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None:
+        raise DataError(f"{where}: field {column!r} holds {value!r}; expected a number (regression target)")
+    if not math.isfinite(number):
+        raise DataError(f"{where}: field {column!r} holds {value!r}; expected a finite number (regression target)")
+    return number
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled positions: (n, C) logits with (n,) labels, or (n, L, C) with (n, L)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
+
+
+def mse_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between (n, 1) logits and (n,) targets."""
+    return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+
+
+class TaskKind:
+    """What every kind provides; the defaults are those of a kind that predicts classes."""
+
+    name: ClassVar[str]
+    head: ClassVar[str]  # "sequence" (one prediction per example, pooled) or "token" (one per token)
+    auto_model: ClassVar[type]
+    default_metric: ClassVar[str]  # higher is better
+    has_label_set: ClassVar[bool] = True
+    problem_type: ClassVar[str | None] = None  # transformers' config.problem_type of the head, when it has one
+
+    def check_spec(self, spec: TaskSpec) -> None:
+        """Raise ConfigError when `spec` lacks something this kind needs (called before reading any row)."""
+
+    def num_outputs(self, spec: TaskSpec) -> int:
+        return len(spec.labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_loss(logits, labels)
+
+    def model_config(self, spec: TaskSpec) -> dict:
+        """`AutoConfig.from_pretrained` keyword arguments for this kind's head."""
+        names = spec.labels if self.has_label_set else ["score"]
+        config = {
+            "num_labels": self.num_outputs(spec),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+        if self.problem_type:
+            config["problem_type"] = self.problem_type
+        return config
 
     def label_order(self, names: set[str]) -> list[str]:
         return _sorted_labels(names)
 
-    def check(self, records: Records, spec: TaskSpec) -> list[str]:
-        """Validate every row; return its label names in row order."""
+    def check(self, records: Records, spec: TaskSpec) -> list:
+        """Validate every row; return its labels in row order."""
+        raise NotImplementedError
+
+    def encode(
+        self, records: Records, labels: list, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
+    ) -> Encoded:
+        raise NotImplementedError
+
+    def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class _SequenceKind(TaskKind):
+    """One text (or a pair of texts) in, one prediction out."""
+
+    head = "sequence"
+    auto_model = AutoModelForSequenceClassification
+
+    def row_label(self, value, where: str, column: str):
+        raise NotImplementedError
+
+    def feature_label(self, label, spec: TaskSpec):
+        raise NotImplementedError
+
+    def check(self, records: Records, spec: TaskSpec) -> list:
+        """Validate every row; return its labels in row order."""
+        self.check_spec(spec)
         labels = []
         for i, row in enumerate(records.rows):
             if spec.tokens_column in row and spec.tags_column in row and spec.text_column not in row:
@@ -117,23 +208,22 @@ class ClassificationKind:
                 if not isinstance(text, str) or not text.strip():
                     raise DataError(f"{records.where(i)}: field {column!r} is empty or not text: {text!r}")
             labels.append(
-                _label_name(
+                self.row_label(
                     _field(records, i, spec.label_column, "--label_column_name"), records.where(i), spec.label_column
                 )
             )
         return labels
 
     def encode(
-        self, records: Records, labels: list[str], tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
+        self, records: Records, labels: list, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
     ) -> Encoded:
         texts = [row[spec.text_column] for row in records.rows]
         pairs = [row[spec.text_pair_column] for row in records.rows] if spec.text_pair_column else None
         encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        label2id = spec.label2id
         features = []
         for i in range(len(records)):
             feature = {key: encoding[key][i] for key in encoding.keys()}
-            feature["labels"] = label2id[labels[i]]
+            feature["labels"] = self.feature_label(labels[i], spec)
             features.append(feature)
         truncated = sum(len(f["input_ids"]) >= max_length for f in features)
         if truncated:
@@ -146,14 +236,68 @@ class ClassificationKind:
             )
         return Encoded(features, records, labels, list(range(len(records))))
 
+
+class ClassificationKind(_SequenceKind):
+    """One class per text, or per pair of texts when `spec.text_pair_column` is set."""
+
+    name = "classification"
+    default_metric = "accuracy"
+    problem_type = "single_label_classification"  # also with one class, which transformers would take for regression
+
+    def row_label(self, value, where: str, column: str) -> str:
+        return _label_name(value, where, column)
+
+    def feature_label(self, label: str, spec: TaskSpec) -> int:
+        return spec.label2id[label]
+
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
         y_pred = [int(np.argmax(row_logits)) for row_logits in logits]
         y_true = [f["labels"] for f in encoded.features]
         return classification_metrics(y_true, y_pred, len(spec.labels))
 
 
-class NerKind:
+class PairClassificationKind(ClassificationKind):
+    """Classification of text pairs (entailment, paraphrase...): the second text column is required."""
+
+    name = "pair_classification"
+
+    def check_spec(self, spec: TaskSpec) -> None:
+        if not spec.text_pair_column:
+            raise ConfigError(
+                f"task {self.name!r} needs a second text column: set --text_pair_column_name "
+                f"(e.g. --text_pair_column_name text_b)"
+            )
+
+
+class RegressionKind(_SequenceKind):
+    """A real-valued score per text or text pair (e.g. STS-B similarity); one output, MSE loss."""
+
+    name = "regression"
+    default_metric = "pearson"
+    has_label_set = False
+    problem_type = "regression"
+
+    def num_outputs(self, spec: TaskSpec) -> int:
+        return 1
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return mse_loss(logits, labels)
+
+    def row_label(self, value, where: str, column: str) -> float:
+        return _label_number(value, where, column)
+
+    def feature_label(self, label: float, spec: TaskSpec) -> float:
+        return label
+
+    def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        y_pred = [float(np.reshape(row_logits, -1)[0]) for row_logits in logits]
+        y_true = [f["labels"] for f in encoded.features]
+        return regression_metrics(y_true, y_pred)
+
+
+class NerKind(TaskKind):
     name = "ner"
+    head = "token"
     auto_model = AutoModelForTokenClassification
     default_metric = "f1"
 
@@ -163,6 +307,7 @@ class NerKind:
 
     def check(self, records: Records, spec: TaskSpec) -> list[list[str]]:
         """Validate every row; return its IOB2 tag sequences in row order."""
+        self.check_spec(spec)
         all_tags = []
         for i, row in enumerate(records.rows):
             if spec.tokens_column not in row and spec.label_column in row:
@@ -263,4 +408,6 @@ class NerKind:
         return ner_metrics(y_true, y_pred)
 
 
-TASK_KINDS: dict[str, ClassificationKind | NerKind] = {kind.name: kind for kind in (ClassificationKind(), NerKind())}
+TASK_KINDS: dict[str, TaskKind] = {
+    kind.name: kind for kind in (ClassificationKind(), PairClassificationKind(), RegressionKind(), NerKind())
+}

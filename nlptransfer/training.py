@@ -60,6 +60,14 @@ def set_cpu_threads(accelerator: Accelerator, threads: int | None = None) -> Non
     torch.set_num_threads(threads or max(1, cores // accelerator.num_processes))
 
 
+def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
+    """True when every process holds bit-identical weights (per-tensor sums and sums of squares, gathered)."""
+    params = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
+    fingerprint = torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten()
+    gathered = accelerator.gather(fingerprint.to(accelerator.device)[None])
+    return bool((gathered == gathered[0]).all())
+
+
 def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
     """AdamW; biases and LayerNorm weights get no weight decay."""
     decay, no_decay = [], []
@@ -190,9 +198,10 @@ class Trainer:
             if self.metric not in metrics:
                 raise KeyError(f"--metric_for_best_model {self.metric!r} is not among the metrics {sorted(metrics)}")
             value = metrics[self.metric]
-            # every metric we report is higher-is-better except losses
+            # every metric we report is higher-is-better except losses and errors (mse)
+            lower_is_better = "loss" in self.metric or self.metric.endswith("mse")
             better = self.state.best_metric is None or (
-                value < self.state.best_metric if "loss" in self.metric else value > self.state.best_metric
+                value < self.state.best_metric if lower_is_better else value > self.state.best_metric
             )
             if better:
                 self.state.best_metric, self.state.best_step = value, self.state.step

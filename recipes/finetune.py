@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained encoder for text classification (single sentences or pairs) or NER.
+"""Fine-tune a pretrained encoder for text classification (single sentences or pairs), regression or NER.
 
     accelerate launch recipes/finetune.py \
         --train_file ../shared/data/trec/train.jsonl --test_file ../shared/data/trec/test.jsonl \
@@ -136,7 +136,8 @@ def main(argv=None):
         headline = [
             k
             for k in results
-            if k.split("_", 1)[-1] in ("accuracy", "f1", "precision", "recall", "runtime", "samples_per_second")
+            if k.split("_", 1)[-1]
+            in ("accuracy", "f1", "precision", "recall", "pearson", "spearman", "mse", "runtime", "samples_per_second")
         ]
         print("\n".join(f"{key:>32}: {results[key]:.4f}" for key in sorted(headline)))
         print(f"saved to {args.output_dir}")

@@ -10,9 +10,7 @@ import pytest
 from conftest import REPO, recipe_args
 
 
-@pytest.mark.distributed
-def test_two_process_run_counts_each_example_once(tiny_model, cls_files, tmp_path):
-    out = tmp_path / "ddp"
+def launch(script: str, port: int, *args: str) -> subprocess.CompletedProcess:
     # `--cpu --num_processes 2` silently runs ONE process; --multi_gpu with ACCELERATE_USE_CPU=1 runs two gloo ranks
     command = [
         sys.executable,
@@ -28,8 +26,20 @@ def test_two_process_run_counts_each_example_once(tiny_model, cls_files, tmp_pat
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29533",
-        str(REPO / "recipes" / "finetune.py"),
+        str(port),
+        str(REPO / "recipes" / script),
+        *args,
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.distributed
+def test_two_process_run_counts_each_example_once(tiny_model, cls_files, tmp_path):
+    out = tmp_path / "ddp"
+    done = launch(
+        "finetune.py",
+        29533,
         *recipe_args(
             tiny_model,
             cls_files,
@@ -43,12 +53,26 @@ def test_two_process_run_counts_each_example_once(tiny_model, cls_files, tmp_pat
             "--num_train_epochs",
             "6",
         ),
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["train_num_processes"] == 2
     # 48 test rows over 2 ranks with eval batch 64: padding duplicates must not be scored
     assert results["test_samples"] == 48 and results["eval_samples"] == 48
     assert results["test_accuracy"] >= 0.8
+
+
+@pytest.mark.distributed
+def test_two_process_multitask_run_keeps_ranks_identical(tiny_model, cls_files, ner_files, tmp_path):
+    from test_mtl_recipe import mtl_config
+
+    # batches of one task per rank and step: the other rank's head must still sync (no find_unused_parameters)
+    config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=8, per_device_train_batch_size=8)
+    done = launch("mtl.py", 29534, "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "mtl" / "all_results.json").read_text())
+    assert results["train_num_processes"] == 2
+    assert results["parameters_in_sync"] is True
+    # every labelled row scored exactly once, though 48 and 40 rows do not split evenly into the ranks' batches
+    assert results["test_topic_samples"] == 48 and results["test_people_samples"] == 40
+    assert results["test_topic_accuracy"] >= 0.8 and results["test_people_f1"] >= 0.8

@@ -1,0 +1,53 @@
+"""Task heads on a shared encoder: one registered class per head type (`HEADS`).
+
+A task kind names the head it needs (`TASK_KINDS[kind].head`); a new head type is one class here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SequenceHead(nn.Module):
+    """One prediction per example: first-token state -> dense + tanh -> dropout -> linear.
+
+    This is BERT's pooler + classifier; the dense layer starts from the checkpoint's pretrained pooler
+    when it has one, so a single-task head matches `AutoModelForSequenceClassification`.
+    """
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float, pooler: nn.Module | None = None):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        pretrained = getattr(pooler, "dense", None)
+        if isinstance(pretrained, nn.Linear) and pretrained.weight.shape == self.dense.weight.shape:
+            self.dense.load_state_dict(pretrained.state_dict())
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = torch.tanh(self.dense(hidden_states[:, 0]))
+        return self.out(self.dropout(pooled))
+
+
+class TokenHead(nn.Module):
+    """One prediction per token: dropout -> linear (as `AutoModelForTokenClassification`)."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float, pooler: nn.Module | None = None):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.dropout(hidden_states))
+
+
+HEADS: dict[str, type[nn.Module]] = {"sequence": SequenceHead, "token": TokenHead}
+
+
+def build_head(kind_head: str, hidden_size: int, num_outputs: int, dropout: float, pooler=None, std: float = 0.02):
+    """A fresh head; its output layer initialised like transformers does (normal(0, std), zero bias)."""
+    head = HEADS[kind_head](hidden_size, num_outputs, dropout, pooler)
+    nn.init.normal_(head.out.weight, std=std)
+    nn.init.zeros_(head.out.bias)
+    return head

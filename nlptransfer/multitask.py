@@ -1,0 +1,363 @@
+"""`MultiTaskModel`: one pretrained encoder shared by several tasks, each with its own head.
+
+    model = MultiTaskModel.from_encoder("sentence-transformers/all-MiniLM-L6-v2", tasks=[
+        TaskSpec(name="trec", kind="classification", labels=[...]),
+        TaskSpec(name="conll2003", kind="ner", labels=[...]),
+    ])
+    out = model(input_ids=..., attention_mask=..., task_ids=..., labels={"trec": ..., "conll2003": ...})
+    model.save_pretrained("runs/mtl"); MultiTaskModel.from_pretrained("runs/mtl")
+    model.predict(["Who wrote Hamlet?"], tasks=["trec", "conll2003"])
+
+A batch may mix tasks: the encoder runs once and each example goes to its task's head. Heads of
+tasks absent from a batch are tied into the loss with weight zero, so every trainable parameter
+gets a (zero) gradient in every step and DDP needs no `find_unused_parameters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftConfig, inject_adapter_in_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+from nlptransfer.heads import build_head
+from nlptransfer.losses import LOSS_WEIGHTINGS
+from nlptransfer.resolve import load_error, resolve_model
+from nlptransfer.tasks import TASK_KINDS, TaskSpec
+
+CONFIG_FILE = "nlptransfer_multitask.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MultiTaskOutput(ModelOutput):
+    """`loss`: the weighted total; `losses` and `logits`: per task name (only tasks in the batch)."""
+
+    loss: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
+    logits: dict[str, torch.Tensor] | None = None
+
+
+def _as_spec(task: TaskSpec | dict) -> TaskSpec:
+    spec = task if isinstance(task, TaskSpec) else TaskSpec(**task)
+    if spec.kind not in TASK_KINDS:
+        raise ValueError(f"task {spec.name!r}: kind {spec.kind!r} is not one of {sorted(TASK_KINDS)}")
+    if getattr(TASK_KINDS[spec.kind], "has_label_set", True) and not spec.labels:
+        raise ValueError(f"task {spec.name!r}: no label names; set TaskSpec.labels (encode_splits fills them)")
+    return spec
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tasks: Sequence[TaskSpec | dict],
+        loss_weighting: str = "static",
+        task_weights: dict[str, float] | None = None,
+        head_dropout: float | None = None,
+        base_model: str | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        super().__init__()
+        specs = [_as_spec(task) for task in tasks]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"task names must be unique and at least one: {names}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting {loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
+        self.encoder = encoder
+        self.tasks = {spec.name: spec for spec in specs}
+        self.task_names = names
+        self.base_model = base_model or getattr(encoder.config, "_name_or_path", None)
+        self.tokenizer = tokenizer
+        self.adapter_config: PeftConfig | None = None
+        config = encoder.config
+        dropout = head_dropout if head_dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
+        # the pooler moves into each sequence head (initialised from it), so no encoder weight goes unused
+        pooler = getattr(encoder, "pooler", None)
+        if pooler is not None:
+            encoder.pooler = None
+        std = getattr(config, "initializer_range", 0.02)
+        self.heads = nn.ModuleDict(
+            {
+                spec.name: build_head(
+                    TASK_KINDS[spec.kind].head,
+                    config.hidden_size,
+                    TASK_KINDS[spec.kind].num_outputs(spec),
+                    dropout,
+                    pooler,
+                    std,
+                )
+                for spec in specs
+            }
+        )
+        self.loss_weighting_name = loss_weighting
+        self.task_weights = dict(task_weights or {})
+        self.head_dropout = head_dropout
+        regression = {spec.name: spec.kind == "regression" for spec in specs}
+        self.loss_weighting = LOSS_WEIGHTINGS[loss_weighting](names, self.task_weights, regression)
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def from_encoder(
+        cls,
+        name_or_path: str,
+        tasks: Sequence[TaskSpec | dict],
+        revision: str = "main",
+        trust_remote_code: bool = False,
+        **kwargs,
+    ) -> MultiTaskModel:
+        """A pretrained encoder (Hub id, offline alias or folder) with a fresh head per task."""
+        path = resolve_model(name_or_path)
+        try:
+            encoder = AutoModel.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise load_error(name_or_path, err) from err
+        return cls(encoder, tasks, base_model=name_or_path, tokenizer=tokenizer, **kwargs)
+
+    def add_adapter(self, peft_config: PeftConfig) -> None:
+        """Inject one adapter shared by all tasks into the encoder; the encoder freezes, heads still train."""
+        peft_config.modules_to_save = None
+        inject_adapter_in_model(peft_config, self.encoder)
+        self.adapter_config = peft_config
+
+    # ---- forward -----------------------------------------------------------------------
+    def task_index(self, task: str) -> int:
+        if task not in self.tasks:
+            raise KeyError(f"unknown task {task!r}; this model has {self.task_names}")
+        return self.task_names.index(task)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.encoder(**inputs).last_hidden_state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        labels: dict[str, torch.Tensor] | None = None,
+        task: str | None = None,
+    ) -> MultiTaskOutput:
+        """Route each row to its task's head (`task_ids`, or one `task` name for the whole batch)."""
+        if task_ids is None:
+            if task is None:
+                raise ValueError("pass task_ids (one task index per row) or task (a task name for the batch)")
+            task_ids = torch.full((input_ids.shape[0],), self.task_index(task), device=input_ids.device)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        logits, losses, absent = {}, {}, []
+        for index, name in enumerate(self.task_names):
+            rows = (task_ids == index).nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                absent.append(name)
+                continue
+            mask = attention_mask[rows] if attention_mask is not None else None
+            logits[name] = self.heads[name](hidden[rows], mask)
+            if labels is not None and name in labels:
+                losses[name] = TASK_KINDS[self.tasks[name].kind].loss(logits[name], labels[name])
+        loss = None
+        if losses:
+            loss = self.loss_weighting(losses)
+            if self.training:  # zero-weighted, so every trainable parameter gets a gradient (DDP)
+                idle = [p for name in absent for p in self.heads[name].parameters() if p.requires_grad]
+                if idle:
+                    loss = loss + 0.0 * sum(p.sum() for p in idle)
+        return MultiTaskOutput(loss=loss, losses=losses, logits=logits)
+
+    # ---- save / load as one artifact ---------------------------------------------------
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "base_model": self.base_model,
+            "tasks": [dataclasses.asdict(self.tasks[name]) for name in self.task_names],
+            "loss_weighting": self.loss_weighting_name,
+            "task_weights": self.task_weights,
+            "head_dropout": self.head_dropout,
+            "adapter": self.adapter_config.to_dict() if self.adapter_config else None,
+        }
+
+    def save_pretrained(self, save_directory: str | Path, state_dict: dict | None = None) -> None:
+        """Weights (all, or only adapter + heads when an adapter is in), encoder config, tokenizer, task specs.
+
+        `state_dict` lets a distributed run pass the gathered weights (`accelerator.get_state_dict`).
+        """
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = state_dict if state_dict is not None else self.state_dict()
+        if self.adapter_config is not None:  # the frozen encoder comes back from base_model
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            state = {k: v for k, v in state.items() if k in trainable or k.startswith("loss_weighting.")}
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+        self.encoder.config.save_pretrained(out)
+        (out / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2, default=_jsonable))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, revision: str | None = None, token: str | None = None) -> MultiTaskModel:
+        """Reload a saved model (folder or Hub repo id) with every head, label names and adapter, in one call."""
+        folder = Path(path)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(path), revision=revision, token=token))
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a MultiTaskModel folder")
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        if config.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path}: saved with a newer nlptransfer (format {config['format_version']})")
+        if config["adapter"]:  # frozen base weights from the base model, adapter and heads from the folder
+            encoder = AutoModel.from_pretrained(resolve_model(config["base_model"]))
+        else:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+        model = cls(
+            encoder,
+            [TaskSpec(**task) for task in config["tasks"]],
+            loss_weighting=config["loss_weighting"],
+            task_weights=config["task_weights"],
+            head_dropout=config["head_dropout"],
+            base_model=config["base_model"],
+            tokenizer=AutoTokenizer.from_pretrained(folder),
+        )
+        if config["adapter"]:
+            model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]))
+        state = load_file(str(folder / WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if config["adapter"]:  # only the frozen base may be missing
+            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+            missing = [key for key in missing if key in trainable]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        model.eval()
+        return model
+
+    def push_to_hub(
+        self, repo_id: str, private: bool = False, token: str | None = None, results: dict | None = None
+    ) -> str:
+        """Upload the whole model (one repo: encoder or adapter, heads, tokenizer, card); returns the commit URL."""
+        import tempfile
+
+        from nlptransfer.hub import push_run
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            if results:
+                (Path(tmp) / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+            return push_run(tmp, repo_id, private=private, token=token)
+
+    # ---- inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        texts: Sequence[str] | Sequence[tuple[str, str]],
+        tasks: Sequence[str] | None = None,
+        batch_size: int = 32,
+        max_length: int = 128,
+    ) -> list[dict]:
+        """Label names (classification), a score (regression) or entity spans (NER) per text and task.
+
+        One encoder pass per batch serves every requested task. Sentence-pair tasks take (a, b) tuples.
+        """
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass tokenizer= when building it")
+        tasks = list(tasks or self.task_names)
+        for name in tasks:
+            self.task_index(name)
+        pairs = {bool(self.tasks[name].text_pair_column) for name in tasks}
+        if len(pairs) > 1:
+            raise ValueError(f"tasks {tasks} mix sentence-pair and single-sentence inputs; predict them separately")
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        results: list[dict] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            first, second = ([a for a, _ in chunk], [b for _, b in chunk]) if pairs == {True} else (chunk, None)
+            encoding = self.tokenizer(
+                first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            hidden = self.encode(**{k: v.to(device) for k, v in encoding.items()})
+            logits = {name: self.heads[name](hidden).float().cpu() for name in tasks}
+            for row in range(len(chunk)):
+                results.append(
+                    {
+                        name: DECODERS[self.tasks[name].kind](
+                            logits[name][row], self.tasks[name], encoding, row, first[row]
+                        )
+                        for name in tasks
+                    }
+                )
+        self.train(was_training)
+        return results
+
+
+def _jsonable(value):
+    """peft configs hold sets (target_modules) and enums: lists and strings in JSON."""
+    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+
+def _decode_label(logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> dict:
+    probs = logits.softmax(-1)
+    best = int(probs.argmax())
+    return {"label": spec.labels[best], "score": float(probs[best])}
+
+
+def _decode_score(logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> float:
+    return float(logits.reshape(-1)[0])
+
+
+def _decode_entities(logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> list[dict]:
+    """First sub-word of each word carries the word's tag; IOB2 tags join into character spans."""
+    probs = logits.softmax(-1)
+    words: list[tuple[str, float, int, int]] = []  # (tag, score, start char, end char)
+    previous = None
+    for position, word in enumerate(encoding.word_ids(row)):
+        if word is None:
+            continue
+        span = encoding.word_to_chars(row, word)
+        if word != previous:
+            best = int(probs[position].argmax())
+            words.append((spec.labels[best], float(probs[position, best]), span.start, span.end))
+        previous = word
+    entities: list[dict] = []
+    for tag, score, start, end in words:
+        inside = tag.startswith("I-") and entities and entities[-1]["entity"] == tag[2:] and entities[-1]["open"]
+        if inside:
+            entities[-1].update(end=end, scores=entities[-1]["scores"] + [score])
+        elif tag != "O":
+            entities.append({"entity": tag[2:], "start": start, "end": end, "scores": [score], "open": True})
+        if tag == "O" and entities:
+            entities[-1]["open"] = False
+    return [
+        {
+            "entity": e["entity"],
+            "word": text[e["start"] : e["end"]],
+            "start": e["start"],
+            "end": e["end"],
+            "score": sum(e["scores"]) / len(e["scores"]),
+        }
+        for e in entities
+    ]
+
+
+DECODERS = {
+    "classification": _decode_label,
+    "pair_classification": _decode_label,
+    "regression": _decode_score,
+    "ner": _decode_entities,
+}

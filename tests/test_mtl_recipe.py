@@ -1,0 +1,91 @@
+"""recipes/mtl.py end to end on the tiny model: two tasks learn together, one artifact, single-task deltas."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nlptransfer import ConfigError, MultiTaskArguments
+
+from conftest import REPO
+
+RECIPE = str(REPO / "recipes" / "mtl.py")
+FAST = {"learning_rate": 2e-3, "warmup_ratio": 0.1, "per_device_train_batch_size": 16, "disable_tqdm": True}
+
+
+def mtl_config(tmp_path, tiny_model, cls_files, ner_files, **extra) -> Path:
+    config = {
+        "model_name_or_path": tiny_model,
+        "output_dir": str(tmp_path / "mtl"),
+        **FAST,
+        "tasks": [
+            {"name": "topic", "task_type": "classification", **{f"{s}_file": f for s, f in cls_files.items()}},
+            {"name": "people", "task_type": "ner", **{f"{s}_file": f for s, f in ner_files.items()}},
+        ],
+        **extra,
+    }
+    path = tmp_path / "mtl.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_mtl(args: list[str]) -> dict:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
+    saved = sys.argv
+    sys.argv = [RECIPE, *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(RECIPE, run_name="__main__")
+    finally:
+        sys.argv = saved
+    assert exit_info.value.code == 0
+    out = yaml.safe_load(Path(args[args.index("--config") + 1]).read_text())["output_dir"]
+    return json.loads((Path(out) / "all_results.json").read_text())
+
+
+def test_two_tasks_learn_together_and_reload_as_one_model(tiny_model, cls_files, ner_files, tmp_path):
+    from nlptransfer import MultiTaskModel
+
+    config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=4, compare_single_task=True)
+    results = run_mtl(["--config", str(config)])
+    assert results["test_topic_accuracy"] >= 0.8  # chance is 1/3
+    assert results["test_people_f1"] >= 0.8
+    assert results["test_topic_samples"] == 48 and results["test_people_samples"] == 40
+    assert results["eval_average"] == pytest.approx((results["eval_topic_accuracy"] + results["eval_people_f1"]) / 2)
+    assert results["parameters_in_sync"] is True
+
+    out = tmp_path / "mtl"
+    model = MultiTaskModel.from_pretrained(out)
+    assert model.task_names == ["topic", "people"] and model.tasks["people"].labels == ["O", "B-LOC", "B-PER"]
+    prediction = model.predict(["the coach and the team", "Anna visited Paris today ."], tasks=["topic", "people"])
+    assert prediction[0]["topic"]["label"] == "sport"
+    assert [(e["entity"], e["word"]) for e in prediction[1]["people"]] == [("PER", "Anna"), ("LOC", "Paris")]
+    saved = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert [task["name"] for task in saved["tasks"]] == ["topic", "people"]  # reusable with --config
+
+    table = json.loads((out / "single_task_comparison.json").read_text())
+    assert [row["task"] for row in table] == ["topic", "people"]
+    for row in table:
+        alone = json.loads((out / "single_task" / row["task"] / "all_results.json").read_text())
+        assert row["single_task"] == alone[f"test_{row['task']}_{row['metric']}"]
+        assert row["negative_transfer"] == (row["delta"] < 0)
+
+
+def test_task_list_errors_name_the_task_and_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"tasks\[1\] \(b\): unknown field\(s\) \['text_colum'\]"):
+        MultiTaskArguments(tasks=json.dumps([{"name": "a", "train_file": "x"}, {"name": "b", "text_colum": "t"}]))
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: give --train_file"):
+        MultiTaskArguments(tasks=json.dumps([{"task_type": "ner"}]))
+    with pytest.raises(ConfigError, match="names must be unique"):
+        MultiTaskArguments(tasks=json.dumps([{"train_file": "d/train.jsonl"}, {"train_file": "d/other.jsonl"}]))
+    with pytest.raises(ConfigError, match="--loss_weighting 'magic'"):
+        MultiTaskArguments(tasks=json.dumps([{"train_file": "x"}]), loss_weighting="magic")
+    tasks_file = tmp_path / "tasks.yaml"
+    tasks_file.write_text("- {name: a, train_file: data/train.jsonl, weight: 2}\n")
+    parsed = MultiTaskArguments(tasks=str(tasks_file))
+    assert parsed.task_args[0].name == "a" and parsed.task_args[0].weight == 2

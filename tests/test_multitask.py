@@ -1,0 +1,175 @@
+"""MultiTaskModel: routing of mixed batches, gradients for DDP, loss weighting, one-artifact save/load, predict."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nlptransfer import MultiTaskModel, TaskSpec
+from nlptransfer.batching import MultiTaskCollator, with_task
+from nlptransfer.data import encode_splits
+from nlptransfer.readers import Records
+
+from conftest import REPO, make_classification_rows, make_ner_rows
+
+CLS = TaskSpec(name="topic", kind="classification", labels=["food", "sport", "tech"])
+NER = TaskSpec(name="ner", kind="ner", labels=["O", "B-LOC", "B-PER"])
+
+
+def tiny_mtl(tiny_model, **kwargs) -> MultiTaskModel:
+    torch.manual_seed(0)
+    return MultiTaskModel.from_encoder(tiny_model, [CLS, NER], **kwargs)
+
+
+def mixed_batch(model: MultiTaskModel, n: int = 6) -> dict:
+    """A batch holding both tasks, interleaved, built by the real encoding and collation path."""
+    tokenizer = model.tokenizer
+    cls = encode_splits(
+        {"train": Records("cls", make_classification_rows(n, 7), list(range(1, n + 1)))},
+        TaskSpec(**vars(CLS)),
+        tokenizer,
+        32,
+    )
+    ner = encode_splits(
+        {"train": Records("ner", make_ner_rows(n, 8), list(range(1, n + 1)))}, TaskSpec(**vars(NER)), tokenizer, 32
+    )
+    a, b = with_task(cls["train"].features, 0), with_task(ner["train"].features, 1)
+    features = [f for pair in zip(a, b) for f in pair]
+    return MultiTaskCollator(tokenizer.pad_token_id, ["topic", "ner"])(features)
+
+
+def test_mixed_batch_routes_each_row_to_its_head(tiny_model):
+    model = tiny_mtl(tiny_model).eval()
+    batch = mixed_batch(model)
+    out = model(**batch)
+    assert set(out.logits) == {"topic", "ner"} and set(out.losses) == {"topic", "ner"}
+    assert out.logits["topic"].shape == (6, 3)
+    assert out.logits["ner"].shape == (6, batch["input_ids"].shape[1], 3)
+    rows = {name: (batch["task_ids"] == i).nonzero(as_tuple=True)[0] for i, name in enumerate(["topic", "ner"])}
+    for name, index in rows.items():  # the same rows alone give the same logits and loss
+        alone = model(
+            input_ids=batch["input_ids"][index],
+            attention_mask=batch["attention_mask"][index],
+            token_type_ids=batch["token_type_ids"][index],
+            task=name,
+            labels={name: batch["labels"][name]},
+        )
+        torch.testing.assert_close(alone.logits[name], out.logits[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.losses[name], out.losses[name], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, out.losses["topic"] + out.losses["ner"])
+
+
+def test_every_trainable_parameter_gets_a_gradient_even_for_absent_tasks(tiny_model):
+    model = tiny_mtl(tiny_model).train()
+    batch = mixed_batch(model)
+    only_ner = (batch["task_ids"] == 1).nonzero(as_tuple=True)[0]
+    single = {k: v[only_ner] for k, v in batch.items() if k != "labels"}
+    model(**single, labels={"ner": batch["labels"]["ner"]}).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []  # what DDP needs without find_unused_parameters
+    assert all(float(p.grad.abs().sum()) == 0 for p in model.heads["topic"].parameters())  # absent: zero
+    assert float(model.heads["ner"].out.weight.grad.abs().sum()) > 0
+    assert model.encoder.pooler is None  # the pooler lives in the sequence heads now
+
+
+def test_static_weights_and_uncertainty_weighting(tiny_model):
+    batch = mixed_batch(tiny_mtl(tiny_model))
+    weighted = tiny_mtl(tiny_model, task_weights={"topic": 2.0, "ner": 0.5}).eval()
+    out = weighted(**batch)
+    torch.testing.assert_close(out.loss, 2.0 * out.losses["topic"] + 0.5 * out.losses["ner"])
+
+    learned = tiny_mtl(tiny_model, loss_weighting="uncertainty").train()
+    with torch.no_grad():
+        learned.loss_weighting.log_vars.copy_(torch.tensor([0.5, -0.3]))
+    out = learned(**batch)
+    expected = sum(
+        torch.exp(-s) * out.losses[name] + 0.5 * s for name, s in zip(["topic", "ner"], torch.tensor([0.5, -0.3]))
+    )
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert learned.loss_weighting.log_vars.grad is not None and learned.loss_weighting.log_vars.grad.abs().sum() > 0
+
+
+def test_unknown_task_and_missing_labels_are_clear(tiny_model):
+    with pytest.raises(ValueError, match="no label names"):
+        MultiTaskModel.from_encoder(tiny_model, [TaskSpec(name="x", kind="classification")])
+    with pytest.raises(ValueError, match="unique"):
+        MultiTaskModel.from_encoder(tiny_model, [CLS, CLS])
+    model = tiny_mtl(tiny_model)
+    with pytest.raises(KeyError, match="unknown task 'nope'"):
+        model.predict(["a"], tasks=["nope"])
+
+
+RELOAD = """
+import json, sys, torch
+from nlptransfer import MultiTaskModel
+model = MultiTaskModel.from_pretrained(sys.argv[1])
+batch = torch.load(sys.argv[2])
+out = model(**batch)
+print(json.dumps({name: logits.tolist() for name, logits in out.logits.items()}))
+"""
+
+
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
+def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter):
+    from nlptransfer.adapters import LoraArgs, encoder_adapter_config
+
+    model = tiny_mtl(tiny_model)
+    if adapter:
+        model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder))
+    with torch.no_grad():  # move every weight away from its initial value, as training would
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    batch = mixed_batch(model)
+    batch.pop("labels")
+    expected = {name: logits.tolist() for name, logits in model(**batch).logits.items()}
+    model.save_pretrained(tmp_path / "mtl")
+    torch.save(batch, tmp_path / "batch.pt")
+    config = json.loads((tmp_path / "mtl" / "nlptransfer_multitask.json").read_text())
+    assert [t["name"] for t in config["tasks"]] == ["topic", "ner"] and config["tasks"][1]["labels"] == NER.labels
+    if adapter:  # only the adapter and the heads are stored; the frozen encoder comes from base_model
+        from safetensors.torch import load_file
+
+        keys = load_file(tmp_path / "mtl" / "model.safetensors").keys()
+        assert keys and all("lora_" in k or k.startswith(("heads.", "loss_weighting.")) for k in keys)
+    done = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(tmp_path / "mtl"), str(tmp_path / "batch.pt")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in expected:
+        torch.testing.assert_close(torch.tensor(reloaded[name]), torch.tensor(expected[name]), atol=1e-5, rtol=1e-5)
+
+
+def test_predict_serves_every_task_from_one_encoder_pass(tiny_model):
+    model = tiny_mtl(tiny_model)
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    texts = ["anna visited paris today .", "the good pasta"]
+    out = model.predict(texts, tasks=["topic", "ner"])
+    assert len(calls) == 1 and len(out) == 2
+    assert out[0]["topic"]["label"] in CLS.labels and 0 < out[0]["topic"]["score"] <= 1
+    for entity in out[0]["ner"]:  # spans point into the text
+        assert texts[0][entity["start"] : entity["end"]] == entity["word"] and entity["entity"] in ("LOC", "PER")
+
+
+def test_entity_decoding_joins_iob2_tags_into_character_spans(tiny_model):
+    from nlptransfer.multitask import _decode_entities
+
+    model = tiny_mtl(tiny_model)
+    text = "anna met bob in paris ."
+    encoding = model.tokenizer([text], return_tensors="pt")
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    spec = TaskSpec(name="ner", kind="ner", labels=labels)
+    # tokens: [CLS] anna met bob in paris . [SEP]; tags: B-PER O B-PER I-PER B-LOC O
+    wanted = [0, 1, 0, 1, 2, 3, 0, 0]
+    logits = torch.nn.functional.one_hot(torch.tensor(wanted), 4).float() * 5
+    entities = _decode_entities(logits, spec, encoding, 0, text)
+    assert [(e["entity"], e["word"]) for e in entities] == [("PER", "anna"), ("PER", "bob in"), ("LOC", "paris")]
