@@ -126,9 +126,12 @@ class MultiTaskArguments:
         default=False, metadata={"help": "Draw the task per example (batches mix tasks) instead of per batch."}
     )
     loss_weighting: str = field(default="static", metadata={"help": "static (task weights) or uncertainty (learned)."})
+    adapter_per_task: bool = field(
+        default=False, metadata={"help": "With --peft: one adapter per task on the shared encoder, not one shared."}
+    )
     compare_single_task: bool = field(
         default=False,
-        metadata={"help": "Also train each task alone (same epochs over its data) and report per-task deltas."},
+        metadata={"help": "Also train each task alone (as many updates as it got here) and report per-task deltas."},
     )
 
     def __post_init__(self):

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-SKIP_PATTERNS = ("checkpoints/", "runs/", "merged/", ".tmp-")
+SKIP_PATTERNS = ("checkpoints/", "runs/", "merged/", "single_task/", ".tmp-")
 PIPELINE_TAGS = {
     "classification": "text-classification",
     "pair_classification": "text-classification",

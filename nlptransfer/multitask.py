@@ -15,14 +15,17 @@ gets a (zero) gradient in every step and DDP needs no `find_unused_parameters`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
@@ -80,6 +83,8 @@ class MultiTaskModel(nn.Module):
         self.base_model = base_model or getattr(encoder.config, "_name_or_path", None)
         self.tokenizer = tokenizer
         self.adapter_config: PeftConfig | None = None
+        self.adapter_per_task = False
+        self._adapter_params: dict[str, list[nn.Parameter]] = {}
         config = encoder.config
         dropout = head_dropout if head_dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
         # the pooler moves into each sequence head (initialised from it), so no encoder weight goes unused
@@ -125,11 +130,33 @@ class MultiTaskModel(nn.Module):
             raise load_error(name_or_path, err) from err
         return cls(encoder, tasks, base_model=name_or_path, tokenizer=tokenizer, **kwargs)
 
-    def add_adapter(self, peft_config: PeftConfig) -> None:
-        """Inject one adapter shared by all tasks into the encoder; the encoder freezes, heads still train."""
+    def add_adapter(self, peft_config: PeftConfig, per_task: bool = False) -> None:
+        """Inject an adapter into the encoder: one shared by all tasks, or one per task (named after it).
+
+        The encoder's own weights freeze; adapters and heads train. With `per_task`, each task's rows
+        go through the encoder with that task's adapter (one encoder pass per task in a batch).
+        """
         peft_config.modules_to_save = None
-        inject_adapter_in_model(peft_config, self.encoder)
-        self.adapter_config = peft_config
+        with warnings.catch_warnings():  # peft warns that a second adapter is "multiple adapters": intended
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            for name in self.task_names if per_task else ["default"]:
+                inject_adapter_in_model(copy.deepcopy(peft_config), self.encoder, adapter_name=name)
+        self.adapter_config, self.adapter_per_task = peft_config, per_task
+        self._adapter_params = {name: [] for name in self.task_names}
+        for module in self.encoder.modules():
+            if isinstance(module, BaseTunerLayer) and per_task:
+                for layer_name in module.adapter_layer_names:
+                    for name, layer in getattr(module, layer_name).items():
+                        params = [layer] if isinstance(layer, nn.Parameter) else list(layer.parameters())
+                        self._adapter_params[name] += params
+        for param in (p for params in self._adapter_params.values() for p in params):
+            param.requires_grad_(True)
+
+    def _activate(self, task: str) -> None:
+        # not peft's set_adapter(): it flips requires_grad, which a DDP-wrapped model must never see
+        for module in self.encoder.modules():
+            if isinstance(module, BaseTunerLayer):
+                module._active_adapter = [task]
 
     # ---- forward -----------------------------------------------------------------------
     def task_index(self, task: str) -> int:
@@ -157,22 +184,33 @@ class MultiTaskModel(nn.Module):
             if task is None:
                 raise ValueError("pass task_ids (one task index per row) or task (a task name for the batch)")
             task_ids = torch.full((input_ids.shape[0],), self.task_index(task), device=input_ids.device)
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        inputs = (input_ids, attention_mask, token_type_ids)
+        shared = None if self.adapter_per_task else self.encode(*inputs)
         logits, losses, absent = {}, {}, []
         for index, name in enumerate(self.task_names):
             rows = (task_ids == index).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 absent.append(name)
                 continue
+            if shared is None:  # this task's own adapter over its rows
+                self._activate(name)
+                hidden = self.encode(*(t[rows] if t is not None else None for t in inputs))
+            else:
+                hidden = shared[rows]
             mask = attention_mask[rows] if attention_mask is not None else None
-            logits[name] = self.heads[name](hidden[rows], mask)
+            logits[name] = self.heads[name](hidden, mask)
             if labels is not None and name in labels:
                 losses[name] = TASK_KINDS[self.tasks[name].kind].loss(logits[name], labels[name])
         loss = None
         if losses:
             loss = self.loss_weighting(losses)
             if self.training:  # zero-weighted, so every trainable parameter gets a gradient (DDP)
-                idle = [p for name in absent for p in self.heads[name].parameters() if p.requires_grad]
+                idle = [
+                    p
+                    for name in absent
+                    for p in [*self.heads[name].parameters(), *self._adapter_params.get(name, [])]
+                    if p.requires_grad
+                ]
                 if idle:
                     loss = loss + 0.0 * sum(p.sum() for p in idle)
         return MultiTaskOutput(loss=loss, losses=losses, logits=logits)
@@ -187,6 +225,7 @@ class MultiTaskModel(nn.Module):
             "task_weights": self.task_weights,
             "head_dropout": self.head_dropout,
             "adapter": self.adapter_config.to_dict() if self.adapter_config else None,
+            "adapter_per_task": self.adapter_per_task,
         }
 
     def save_pretrained(self, save_directory: str | Path, state_dict: dict | None = None) -> None:
@@ -233,7 +272,7 @@ class MultiTaskModel(nn.Module):
             tokenizer=AutoTokenizer.from_pretrained(folder),
         )
         if config["adapter"]:
-            model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]))
+            model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]), config.get("adapter_per_task", False))
         state = load_file(str(folder / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if config["adapter"]:  # only the frozen base may be missing
@@ -271,7 +310,8 @@ class MultiTaskModel(nn.Module):
     ) -> list[dict]:
         """Label names (classification), a score (regression) or entity spans (NER) per text and task.
 
-        One encoder pass per batch serves every requested task. Sentence-pair tasks take (a, b) tuples.
+        One encoder pass per batch serves every requested task (one per task with per-task adapters).
+        Sentence-pair tasks take (a, b) tuples.
         """
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass tokenizer= when building it")
@@ -291,8 +331,14 @@ class MultiTaskModel(nn.Module):
             encoding = self.tokenizer(
                 first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
             )
-            hidden = self.encode(**{k: v.to(device) for k, v in encoding.items()})
-            logits = {name: self.heads[name](hidden).float().cpu() for name in tasks}
+            inputs = {k: v.to(device) for k, v in encoding.items()}
+            shared = None if self.adapter_per_task else self.encode(**inputs)
+            logits = {}
+            for name in tasks:  # per-task adapters need their own encoder pass
+                if shared is None:
+                    self._activate(name)
+                hidden = shared if shared is not None else self.encode(**inputs)
+                logits[name] = self.heads[name](hidden).float().cpu()
             for row in range(len(chunk)):
                 results.append(
                     {

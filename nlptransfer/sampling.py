@@ -219,6 +219,17 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             positions = [p + used for p, used in zip(positions, self._examples_used(earlier))]
         return positions
 
+    def task_counts(self, batches: int) -> list[float]:
+        """How many batches' worth of examples each task got in the first `batches` batches (over epochs)."""
+        counts, epoch, per_batch = [0.0] * len(self.sizes), 0, self.batch_size if self.mixed else 1
+        while batches > 0:
+            draws = self.schedule(epoch)[: batches * per_batch]
+            for t in draws:
+                counts[t] += 1 / per_batch
+            batches -= len(draws) // per_batch
+            epoch += 1
+        return counts
+
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
         streams = [

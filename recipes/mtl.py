@@ -6,12 +6,14 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/mtl.py --config ...
 
 The YAML lists the tasks (name, task_type, files or Hub dataset, columns, weight); every other flag
-is the fine-tuning recipe's. `--compare_single_task` also trains each task alone with the same
-epochs over its data and prints per-task deltas, flagging negative transfer.
+is the fine-tuning recipe's. `--compare_single_task` also trains each task alone for as many updates
+as it got in the multi-task run and prints per-task deltas, flagging negative transfer.
 """
 
+import dataclasses
 import json
 import logging
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from nlptransfer import (
     TASK_KINDS,
+    ConfigError,
     LoraArgs,
     ModelArguments,
     MultiTaskArguments,
@@ -67,6 +70,7 @@ def evaluate_tasks(accelerator, model, loaders, encoded, specs, split) -> dict[s
 
 
 def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_args, output_dir) -> dict:
+    args = dataclasses.replace(args, output_dir=str(output_dir))  # this run's checkpoints go there
     # data: every task read, validated and tokenized on its own; label sets from each train split
     specs, encoded = {}, {}
     with accelerator.main_process_first():
@@ -78,7 +82,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
     for name in names:
         accelerator.print(f"{name}: {{{', '.join(f'{s}: {len(e.features)}' for s, e in encoded[name].items())}}}")
 
-    # model: shared encoder, one head per task (+ one adapter shared by all tasks)
+    # model: shared encoder, one head per task (+ one adapter shared by all tasks, or one per task)
     model = MultiTaskModel.from_encoder(
         model_args.model_name_or_path,
         list(specs.values()),
@@ -88,7 +92,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         task_weights={task.name: task.weight for task in task_args},
     )
     if lora_args.enabled:
-        model.add_adapter(encoder_adapter_config(lora_args, model.encoder))
+        model.add_adapter(encoder_adapter_config(lora_args, model.encoder), per_task=mtl_args.adapter_per_task)
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
@@ -128,7 +132,6 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
     }
 
     # train: select on the average validation score over tasks, never on test
-    args.output_dir = str(output_dir)
     has_validation = bool(loaders["validation"])
     trainer = Trainer(
         accelerator,
@@ -148,6 +151,8 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         results.update({f"{prefix}_{key}": value for key, value in scores.items()})
     results.update(trainable_parameters=trainable, total_parameters=total, tasks=names)
     results["parameters_in_sync"] = parameters_in_sync(accelerator, model)  # DDP kept every rank identical
+    batches = results["train_steps"] * args.gradient_accumulation_steps * accelerator.num_processes
+    results["task_batches"] = dict(zip(names, sampler.task_counts(batches)))  # updates each task got
 
     # one artifact: encoder (or adapter), every head, label names, tokenizer, results
     state_dict = accelerator.get_state_dict(model)  # gathers sharded parameters; every rank calls it
@@ -164,6 +169,8 @@ def main(argv=None):
     model_args, mtl_args, args, lora_args = parse_args(
         ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, args=argv
     )
+    if mtl_args.adapter_per_task and not lora_args.enabled:
+        raise ConfigError("--adapter_per_task needs an adapter: add --peft lora (or --peft_config_file)")
     check_output_dir(args.output_dir, args)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -197,21 +204,22 @@ def main(argv=None):
         )
         print(f"saved to {output_dir}")
 
-    if mtl_args.compare_single_task:  # each task alone: same epochs over its own data, same settings
+    if mtl_args.compare_single_task:  # each task alone, as many updates as it got in the multi-task run
         single = {}
         for task in mtl_args.task_args:
             set_seed(args.seed)
+            per_process = args.gradient_accumulation_steps * accelerator.num_processes
+            updates = math.ceil(results["task_batches"][task.name] / per_process)
             single[task.name] = train(
                 accelerator,
                 tokenizer,
                 model_args,
                 [task],
                 mtl_args,
-                args,
+                dataclasses.replace(args, max_steps=updates),
                 lora_args,
                 output_dir / "single_task" / task.name,
             )
-        args.output_dir = str(output_dir)
         if accelerator.is_main_process:
             table = negative_transfer_report(results, single, {t.name: t for t in mtl_args.task_args})
             (output_dir / "single_task_comparison.json").write_text(json.dumps(table, indent=2))

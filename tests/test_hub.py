@@ -169,3 +169,50 @@ def test_retry_only_transient_errors_and_merged_card_is_plain_model(lora_run):
     assert build_model_card(lora_run, "me/x").data.library_name == "peft"
     merged = build_model_card(lora_run, "me/x", merged=True)
     assert merged.data.library_name == "transformers" and "AutoModelForSequenceClassification" in merged.text
+
+
+MTL_LOGITS = """
+    import json, torch
+    from nlptransfer import MultiTaskModel
+    model = MultiTaskModel.from_pretrained({source!r})
+    batch = model.tokenizer(["the coach and the team", "Anna visited Paris today ."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = {{task: model(**batch, task=task).logits[task].tolist() for task in model.task_names}}
+    print(json.dumps(out))
+"""
+
+
+def test_multitask_recipe_pushes_one_artifact_that_reloads_from_the_hub(tiny_model, cls_files, ner_files, tmp_path):
+    from test_mtl_recipe import mtl_config
+
+    config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, max_steps=8)
+    run = tmp_path / "mtl"
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(RECIPES)!r})
+        from mtl import main
+        main(["--config", {str(config)!r}, "--push_to_hub", "true", "--hub_model_id", "me/tiny-mtl"])
+    """
+    with HubServer() as hub:
+        done = run_client(hub, tmp_path / "home", code, env={"HF_TOKEN": SECRET})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert SECRET not in done.stdout + done.stderr
+        files = hub.files("me/tiny-mtl")
+        assert {"model.safetensors", "nlptransfer_multitask.json", "tokenizer.json", "README.md"} <= set(files)
+        assert hashlib.sha256(files["model.safetensors"]).hexdigest() in hub.lfs_uploads
+        card = front_matter(files["README.md"])
+        assert card["library_name"] == "nlptransfer" and "multi-task" in card["tags"]
+        results = json.loads((run / "all_results.json").read_text())
+        reported = {
+            (r["dataset"]["name"], r["dataset"]["split"], m["type"]): m["value"]
+            for r in card["model-index"][0]["results"]
+            for m in r["metrics"]
+        }
+        assert reported[("topic", "test", "accuracy")] == pytest.approx(results["test_topic_accuracy"])
+        assert reported[("people", "test", "f1")] == pytest.approx(results["test_people_f1"])
+        assert 'MultiTaskModel.from_pretrained("me/tiny-mtl")' in files["README.md"].decode()
+
+        remote = run_client(hub, tmp_path / "fresh", MTL_LOGITS.format(source="me/tiny-mtl"))
+        local = run_client(hub, tmp_path / "local", MTL_LOGITS.format(source=str(run)))
+        assert remote.returncode == 0, remote.stderr[-2000:]
+        assert last_json_line(remote.stdout) == last_json_line(local.stdout)

@@ -1,6 +1,7 @@
 """recipes/mtl.py end to end on the tiny model: two tasks learn together, one artifact, single-task deltas."""
 
 import json
+import math
 import runpy
 import sys
 from pathlib import Path
@@ -73,7 +74,28 @@ def test_two_tasks_learn_together_and_reload_as_one_model(tiny_model, cls_files,
     for row in table:
         alone = json.loads((out / "single_task" / row["task"] / "all_results.json").read_text())
         assert row["single_task"] == alone[f"test_{row['task']}_{row['metric']}"]
+        assert alone["train_steps"] == math.ceil(results["task_batches"][row["task"]])  # same updates as in MTL
         assert row["negative_transfer"] == (row["delta"] < 0)
+
+
+def test_per_task_lora_adapters_in_the_recipe_save_small_and_reload(tiny_model, cls_files, ner_files, tmp_path):
+    from safetensors.torch import load_file
+
+    from nlptransfer import MultiTaskModel
+
+    config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, max_steps=60, learning_rate=1e-2)
+    results = run_mtl(["--config", str(config), "--peft", "lora", "--lora_r", "4", "--adapter_per_task", "true"])
+    assert results["trainable_parameters"] < results["total_parameters"] / 2
+    assert results["test_people_f1"] > 0.5  # learned through the adapters and heads alone
+    out = tmp_path / "mtl"
+    keys = load_file(out / "model.safetensors").keys()
+    assert any(".lora_A.topic." in k for k in keys) and any(".lora_A.people." in k for k in keys)
+    assert not any(k.startswith("encoder.") and "lora_" not in k for k in keys)  # frozen base not copied
+    model = MultiTaskModel.from_pretrained(out)
+    assert (
+        model.adapter_per_task
+        and model.predict(["the coach and the team"])[0]["topic"]["label"] in model.tasks["topic"].labels
+    )
 
 
 def test_task_list_errors_name_the_task_and_field(tmp_path):

@@ -112,13 +112,13 @@ print(json.dumps({name: logits.tolist() for name, logits in out.logits.items()})
 """
 
 
-@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("adapter", [None, "shared", "per_task"], ids=["full", "lora", "lora_per_task"])
 def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter):
     from nlptransfer.adapters import LoraArgs, encoder_adapter_config
 
     model = tiny_mtl(tiny_model)
     if adapter:
-        model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder))
+        model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder), adapter == "per_task")
     with torch.no_grad():  # move every weight away from its initial value, as training would
         for p in model.parameters():
             if p.requires_grad:
@@ -173,3 +173,33 @@ def test_entity_decoding_joins_iob2_tags_into_character_spans(tiny_model):
     logits = torch.nn.functional.one_hot(torch.tensor(wanted), 4).float() * 5
     entities = _decode_entities(logits, spec, encoding, 0, text)
     assert [(e["entity"], e["word"]) for e in entities] == [("PER", "anna"), ("PER", "bob in"), ("LOC", "paris")]
+
+
+def test_per_task_adapters_train_only_the_tasks_in_the_batch(tiny_model):
+    from nlptransfer.adapters import LoraArgs, encoder_adapter_config
+
+    model = tiny_mtl(tiny_model)
+    model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder), per_task=True)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".lora_A.topic." in n for n in names) and any(".lora_A.ner." in n for n in names)
+    assert not any(n.startswith("encoder.") and "lora_" not in n for n in names)  # the encoder is frozen
+    with torch.no_grad():  # LoRA B starts at zero; make each adapter change the output
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)
+    model.eval()
+    batch = mixed_batch(model)
+    out = model(**batch)
+    rows = (batch["task_ids"] == 1).nonzero(as_tuple=True)[0]
+    alone = model(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], task="ner")
+    torch.testing.assert_close(alone.logits["ner"], out.logits["ner"], atol=1e-5, rtol=1e-5)
+    with_topic_adapter = model.predict(["anna visited paris today ."], tasks=["topic", "ner"])
+    assert set(with_topic_adapter[0]) == {"topic", "ner"}
+
+    model.train()
+    only_ner = {k: v[rows] for k, v in batch.items() if k != "labels"}
+    model(**only_ner, labels={"ner": batch["labels"]["ner"]}).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())  # DDP-safe: absent task's adapter gets a zero gradient
+    assert all(float(g.abs().sum()) == 0 for n, g in grads.items() if ".topic." in n or n.startswith("heads.topic"))
+    assert any(float(g.abs().sum()) > 0 for n, g in grads.items() if ".lora_A.ner." in n)

@@ -1,0 +1,179 @@
+"""Multi-task vs single-task MiniLM on TREC-6 + SST-2 + CoNLL-2003, side by side in one run.
+
+    python benchmarks/bench_mtl.py            # the shipped config, 3 epochs (about 35 min on 2 CPU cores)
+    python benchmarks/bench_mtl.py --quick    # 300 examples per task, 1 epoch: a smoke run
+
+One `recipes/mtl.py --compare_single_task` run trains the multi-task model and then each task alone
+for as many updates as that task got in the multi-task run (same seed and settings). Then, in this
+process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
+models each predicting its task, on the same texts. Writes benchmarks/results/mtl[_quick].json and
+prints a markdown table.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from nlptransfer import MultiTaskModel  # noqa: E402
+from nlptransfer.readers import read_file  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
+
+
+def run_recipe(config: Path, output_dir: Path, seed: int) -> dict:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "_run.py"),
+        str(ROOT / "recipes" / "mtl.py"),
+        "--config",
+        str(config),
+        "--compare_single_task",
+        "true",
+        "--output_dir",
+        str(output_dir),
+        "--seed",
+        str(seed),
+        "--disable_tqdm",
+        "true",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
+def serving_texts(config: dict, per_task: int) -> list[str]:
+    """The same inputs for every system: the first test rows of each task, as plain text."""
+    texts = []
+    for task in config["tasks"]:
+        rows = read_file(str(ROOT / task["test_file"])).rows[:per_task]
+        texts += [" ".join(row["tokens"]) if "tokens" in row else row["text"] for row in rows]
+    return texts
+
+
+def throughput(predict, texts: list[str], repeats: int) -> float:
+    predict(texts[:64])  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(texts)
+        times.append(time.perf_counter() - start)
+    return len(texts) / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 examples per task, 1 epoch")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--serving_texts_per_task", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    config = yaml.safe_load(Path(args.config).read_text())
+    if args.quick:
+        config["num_train_epochs"] = 1
+        for task in config["tasks"]:
+            task.update(max_train_samples=300, max_eval_samples=200, max_test_samples=200)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+    with tempfile.TemporaryDirectory(prefix="bench_mtl_") as scratch:
+        scratch = Path(scratch)
+        (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        print("training the multi-task model, then each task alone ...", flush=True)
+        results = run_recipe(scratch / "config.yaml", scratch / "mtl", args.seed)
+        single = {
+            name: json.loads((scratch / "mtl" / "single_task" / name / "all_results.json").read_text())
+            for name in results["tasks"]
+        }
+        print("measuring serving throughput ...", flush=True)
+        texts = serving_texts(config, args.serving_texts_per_task)
+        multi = MultiTaskModel.from_pretrained(scratch / "mtl")
+        singles = {name: MultiTaskModel.from_pretrained(scratch / "mtl" / "single_task" / name) for name in single}
+        multi_tps = throughput(lambda batch: multi.predict(batch, tasks=multi.task_names), texts, args.repeats)
+        singles_tps = throughput(
+            lambda batch: [model.predict(batch) for model in singles.values()], texts, args.repeats
+        )
+    rows = []
+    for name in results["tasks"]:
+        kind = next(t["task_type"] for t in config["tasks"] if t["name"] == name)
+        metric = "f1" if kind == "ner" else "pearson" if kind == "regression" else "accuracy"
+        m, s = results[f"test_{name}_{metric}"], single[name][f"test_{name}_{metric}"]
+        rows.append(
+            {
+                "task": name,
+                "metric": metric,
+                "multi_task": m,
+                "single_task": s,
+                "delta_points": 100 * (m - s),
+                "multi_task_updates": results["task_batches"][name],
+                "single_task_updates": single[name]["train_steps"],
+            }
+        )
+    summary = {
+        "multi_task_average": statistics.mean(r["multi_task"] for r in rows),
+        "single_task_average": statistics.mean(r["single_task"] for r in rows),
+        "worst_task_delta_points": min(r["delta_points"] for r in rows),
+        "multi_task_parameters": results["total_parameters"],
+        "single_task_parameters": sum(s["total_parameters"] for s in single.values()),
+        "multi_task_train_s": results["train_runtime"],
+        "single_task_train_s": sum(s["train_runtime"] for s in single.values()),
+        "serving_texts": len(texts),
+        "multi_task_texts_per_s": multi_tps,
+        "single_task_models_texts_per_s": singles_tps,
+        "peak_rss_mib": results["peak_rss_mib"],
+    }
+    summary["parameter_ratio"] = summary["multi_task_parameters"] / summary["single_task_parameters"]
+    summary["serving_speedup"] = multi_tps / singles_tps
+    summary["targets"] = {
+        "average >= single-task average": summary["multi_task_average"] >= summary["single_task_average"],
+        "no task more than 0.5 points below": summary["worst_task_delta_points"] >= -0.5,
+        "parameters <= 0.4x three models": summary["parameter_ratio"] <= 0.4,
+        "serving >= 2.5x three models": summary["serving_speedup"] >= 2.5,
+    }
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"mtl{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {"quick": args.quick, "seed": args.seed, "config": config, "rows": rows, "summary": summary}
+    output.write_text(json.dumps(record, indent=2) + "\n")
+
+    print("\n| task | metric | multi-task | single-task (same updates) | Δ (points) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        flag = " negative transfer" if r["delta_points"] < 0 else ""
+        print(
+            f"| {r['task']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} | {r['delta_points']:+.2f}{flag} |"
+        )
+    print(
+        f"| **average** | | {summary['multi_task_average']:.4f} | {summary['single_task_average']:.4f} | "
+        f"{100 * (summary['multi_task_average'] - summary['single_task_average']):+.2f} |"
+    )
+    print("\n| | multi-task (1 model) | single-task (3 models) | ratio |")
+    print("|---|---|---|---|")
+    print(
+        f"| parameters | {summary['multi_task_parameters']:,} | {summary['single_task_parameters']:,} | {summary['parameter_ratio']:.2f}x |"
+    )
+    print(
+        f"| training time | {summary['multi_task_train_s']:.0f} s | {summary['single_task_train_s']:.0f} s | "
+        f"{summary['multi_task_train_s'] / summary['single_task_train_s']:.2f}x |"
+    )
+    print(
+        f"| serving, texts/s ({len(texts)} texts, all 3 tasks) | {multi_tps:.1f} | {singles_tps:.1f} | {summary['serving_speedup']:.2f}x |"
+    )
+    print("\n" + "\n".join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in summary["targets"].items()))
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
