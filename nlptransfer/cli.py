@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -22,15 +23,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Run a saved run's model on texts (arguments or stdin lines) and print one JSON line each."""
     from transformers import AutoConfig, pipeline
 
+    from nlptransfer.multitask import CONFIG_FILE, MultiTaskModel
     from nlptransfer.resolve import resolve_model
 
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if (Path(args.model) / CONFIG_FILE).is_file():  # a multi-task run: every task (or --tasks) per text
+        multi = MultiTaskModel.from_pretrained(args.model).to(args.device)
+        for text, prediction in zip(texts, multi.predict(texts, tasks=args.tasks)):
+            print(json.dumps({"text": text, "prediction": prediction}))
+        return 0
     model = resolve_model(args.model)
     architectures = AutoConfig.from_pretrained(model).architectures or []
     is_tagger = any(name.endswith("ForTokenClassification") for name in architectures)
     task = "token-classification" if is_tagger else "text-classification"
     options = {"aggregation_strategy": "first"} if is_tagger else {}
     runner = pipeline(task, model=model, device=args.device, **options)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     for text, prediction in zip(texts, runner(texts)):
         if is_tagger:
             prediction = [{**item, "score": float(item["score"])} for item in prediction]
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="output_dir of a run (or a Hub id)")
     predict.add_argument("texts", nargs="*", help="texts to classify or tag; read from stdin when none")
     predict.add_argument("--device", default="cpu")
+    predict.add_argument("--tasks", nargs="+", default=None, help="multi-task runs: which tasks (default: all)")
     push = sub.add_parser("push", help=COMMANDS["push"][1])
     push.add_argument("run_dir", help="output_dir of a run")
     push.add_argument("repo_id", help="namespace/name on the Hub")

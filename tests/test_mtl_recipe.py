@@ -49,7 +49,7 @@ def run_mtl(args: list[str]) -> dict:
     return json.loads((Path(out) / "all_results.json").read_text())
 
 
-def test_two_tasks_learn_together_and_reload_as_one_model(tiny_model, cls_files, ner_files, tmp_path):
+def test_two_tasks_learn_together_and_reload_as_one_model(tiny_model, cls_files, ner_files, tmp_path, capsys):
     from nlptransfer import MultiTaskModel
 
     config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=4, compare_single_task=True)
@@ -66,6 +66,12 @@ def test_two_tasks_learn_together_and_reload_as_one_model(tiny_model, cls_files,
     prediction = model.predict(["the coach and the team", "Anna visited Paris today ."], tasks=["topic", "people"])
     assert prediction[0]["topic"]["label"] == "sport"
     assert [(e["entity"], e["word"]) for e in prediction[1]["people"]] == [("PER", "Anna"), ("LOC", "Paris")]
+    from nlptransfer.cli import main as cli
+
+    capsys.readouterr()
+    assert cli(["predict", str(out), "the coach and the team", "--tasks", "topic"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["prediction"]["topic"]["label"] == "sport" and set(line["prediction"]) == {"topic"}
     saved = yaml.safe_load((out / "run_config.yaml").read_text())
     assert [task["name"] for task in saved["tasks"]] == ["topic", "people"]  # reusable with --config
 
