@@ -37,6 +37,7 @@ from nlptransfer.training import (
     check_output_dir,
     parameters_in_sync,
     set_cpu_threads,
+    start_run,
     total_steps,
 )
 
@@ -93,6 +94,7 @@ __all__ = [
     "save_config",
     "save_run",
     "set_cpu_threads",
+    "start_run",
     "total_steps",
     "train_dataloader",
     "with_task",

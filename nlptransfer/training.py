@@ -60,6 +60,30 @@ def set_cpu_threads(accelerator: Accelerator, threads: int | None = None) -> Non
     torch.set_num_threads(threads or max(1, cores // accelerator.num_processes))
 
 
+def start_run(args) -> Accelerator:
+    """The Accelerator of a recipe run: accumulation, precision, trackers; logs on the main process
+    only; seeded; CPU threads split over the processes. Every recipe starts with this."""
+    import datasets
+    import transformers
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.trackers,
+        project_dir=args.output_dir,
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_main_process else logging.ERROR,
+    )
+    datasets.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(args.seed)
+    set_cpu_threads(accelerator, args.cpu_threads)
+    return accelerator
+
+
 def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
     """True when every process holds bit-identical weights (per-tensor sums and sums of squares, gathered)."""
     params = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]

@@ -11,14 +11,8 @@
 Every flag can also come from `--config file.yaml`; `--help` lists them all.
 """
 
-import logging
 import sys
 from functools import partial
-
-import datasets
-import transformers
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from nlptransfer import (
     DataArguments,
@@ -44,7 +38,7 @@ from nlptransfer import (
     prefixed,
     save_config,
     save_run,
-    set_cpu_threads,
+    start_run,
     total_steps,
     train_dataloader,
 )
@@ -57,20 +51,7 @@ def main(argv=None):
         ModelArguments, DataArguments, TrainArguments, LoraArgs, args=argv
     )
     check_output_dir(args.output_dir, args)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.trackers,
-        project_dir=args.output_dir,
-    )
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if accelerator.is_main_process else logging.ERROR,
-    )
-    datasets.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.set_verbosity_warning()
-    set_seed(args.seed)
-    set_cpu_threads(accelerator, args.cpu_threads)
+    accelerator = start_run(args)
 
     # data: read, validate, label set from train, tokenize (once, main process first)
     spec = TaskSpec.from_data_args(data_args)

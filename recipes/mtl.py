@@ -12,15 +12,11 @@ as it got in the multi-task run and prints per-task deltas, flagging negative tr
 
 import dataclasses
 import json
-import logging
 import math
 import sys
 from functools import partial
 from pathlib import Path
 
-import datasets
-import transformers
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
@@ -47,7 +43,7 @@ from nlptransfer import (
     parameters_in_sync,
     parse_args,
     save_config,
-    set_cpu_threads,
+    start_run,
     total_steps,
     with_task,
 )
@@ -172,20 +168,7 @@ def main(argv=None):
     if mtl_args.adapter_per_task and not lora_args.enabled:
         raise ConfigError("--adapter_per_task needs an adapter: add --peft lora (or --peft_config_file)")
     check_output_dir(args.output_dir, args)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.trackers,
-        project_dir=args.output_dir,
-    )
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if accelerator.is_main_process else logging.ERROR,
-    )
-    datasets.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.set_verbosity_warning()
-    set_seed(args.seed)
-    set_cpu_threads(accelerator, args.cpu_threads)
+    accelerator = start_run(args)
     if args.trackers:
         accelerator.init_trackers("nlptransfer-mtl", config={"tasks": ",".join(t.name for t in mtl_args.task_args)})
     tokenizer = load_tokenizer(model_args)

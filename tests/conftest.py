@@ -133,3 +133,21 @@ def recipe_args(model: str, files: dict[str, str], output_dir, *extra: str) -> l
         if split in files:
             args += [f"--{split}_file", files[split]]
     return args + list(extra)
+
+
+def run_script(path: str, args: list[str]) -> None:
+    """Run a recipe as a script (runpy), the way `python recipes/<name>.py ...` does; it must exit 0."""
+    import runpy
+    import sys
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
+    saved = sys.argv
+    sys.argv = [path, *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = saved
+    assert exit_info.value.code == 0

@@ -2,8 +2,6 @@
 
 import json
 import math
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import yaml
 
 from nlptransfer import ConfigError, MultiTaskArguments
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 RECIPE = str(REPO / "recipes" / "mtl.py")
 FAST = {"learning_rate": 2e-3, "warmup_ratio": 0.1, "per_device_train_batch_size": 16, "disable_tqdm": True}
@@ -34,17 +32,7 @@ def mtl_config(tmp_path, tiny_model, cls_files, ner_files, **extra) -> Path:
 
 
 def run_mtl(args: list[str]) -> dict:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
-    saved = sys.argv
-    sys.argv = [RECIPE, *args]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(RECIPE, run_name="__main__")
-    finally:
-        sys.argv = saved
-    assert exit_info.value.code == 0
+    run_script(RECIPE, args)
     out = yaml.safe_load(Path(args[args.index("--config") + 1]).read_text())["output_dir"]
     return json.loads((Path(out) / "all_results.json").read_text())
 

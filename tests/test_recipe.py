@@ -1,8 +1,6 @@
 """The fine-tuning recipe end to end on the tiny model: learning, outputs, reload, resume, guards."""
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,24 +8,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, recipe_args
+from conftest import REPO, recipe_args, run_script
 
 RECIPE = str(REPO / "recipes" / "finetune.py")
 
 
 def run_recipe(args: list[str]) -> dict:
-    """Run recipes/finetune.py as a script (runpy), the way `python recipes/finetune.py ...` does."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
-    saved = sys.argv
-    sys.argv = [RECIPE, *args]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(RECIPE, run_name="__main__")
-    finally:
-        sys.argv = saved
-    assert exit_info.value.code == 0
+    """Run recipes/finetune.py as a script, the way `python recipes/finetune.py ...` does."""
+    run_script(RECIPE, args)
     return json.loads((Path(args[args.index("--output_dir") + 1]) / "all_results.json").read_text())
 
 
