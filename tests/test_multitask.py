@@ -203,3 +203,26 @@ def test_per_task_adapters_train_only_the_tasks_in_the_batch(tiny_model):
     assert all(g is not None for g in grads.values())  # DDP-safe: absent task's adapter gets a zero gradient
     assert all(float(g.abs().sum()) == 0 for n, g in grads.items() if ".topic." in n or n.startswith("heads.topic"))
     assert any(float(g.abs().sum()) > 0 for n, g in grads.items() if ".lora_A.ner." in n)
+
+
+def test_pair_and_regression_heads_share_the_encoder(tiny_model):
+    sim = TaskSpec(name="sim", kind="regression", text_pair_column="b")
+    para = TaskSpec(name="para", kind="pair_classification", labels=["no", "yes"], text_pair_column="b")
+    torch.manual_seed(0)
+    model = MultiTaskModel.from_encoder(tiny_model, [sim, para]).eval()
+    assert model.heads["sim"].out.out_features == 1 and model.heads["para"].out.out_features == 2
+    pairs = [("anna met bob", "bob met anna"), ("the soup", "a robot"), ("good cake", "good bread")]
+    encoding = model.tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
+    task_ids = torch.tensor([0, 1, 0])
+    labels = {"sim": torch.tensor([0.9, 0.2]), "para": torch.tensor([0])}
+    out = model(**encoding, task_ids=task_ids, labels=labels)
+    torch.testing.assert_close(
+        out.losses["sim"], torch.nn.functional.mse_loss(out.logits["sim"].squeeze(-1), labels["sim"])
+    )
+    torch.testing.assert_close(
+        out.losses["para"], torch.nn.functional.cross_entropy(out.logits["para"], labels["para"])
+    )
+    predicted = model.predict(pairs, tasks=["sim", "para"])
+    assert isinstance(predicted[0]["sim"], float) and predicted[1]["para"]["label"] in ("no", "yes")
+    with pytest.raises(ValueError, match="mix sentence-pair and single-sentence"):
+        MultiTaskModel.from_encoder(tiny_model, [sim, CLS]).predict(["a"], tasks=["sim", "topic"])
