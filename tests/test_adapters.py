@@ -22,7 +22,24 @@ from nlptransfer.config import ConfigError
 from conftest import recipe_args
 from test_recipe import run_recipe
 
-LORA = ["--peft", "lora", "--learning_rate", "5e-3", "--warmup_ratio", "0.1", "--per_device_train_batch_size", "16"]
+# attention-only r=8 learns the toy task in 6 epochs (the all-linear r=4 default needs more steps on it)
+LORA = [
+    "--peft",
+    "lora",
+    "--lora_r",
+    "8",
+    "--lora_target_modules",
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "--learning_rate",
+    "5e-3",
+    "--warmup_ratio",
+    "0.1",
+    "--per_device_train_batch_size",
+    "16",
+]
 TEXTS = ["the new pasta story today", "a good match with the coach", "small robot on the laptop"]
 
 
