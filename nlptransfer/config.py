@@ -136,7 +136,9 @@ class MultiTaskArguments:
 
     def __post_init__(self):
         from nlptransfer.losses import LOSS_WEIGHTINGS
+        from nlptransfer.sampling import build_task_sampler
 
+        build_task_sampler(self.task_sampling, self.sampling_temperature)  # names the bad value, lists the known
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ConfigError(f"--loss_weighting {self.loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
         if not self.tasks:

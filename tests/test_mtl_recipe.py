@@ -99,6 +99,8 @@ def test_task_list_errors_name_the_task_and_field(tmp_path):
         MultiTaskArguments(tasks=json.dumps([{"task_type": "ner"}]))
     with pytest.raises(ConfigError, match="names must be unique"):
         MultiTaskArguments(tasks=json.dumps([{"train_file": "d/train.jsonl"}, {"train_file": "d/other.jsonl"}]))
+    with pytest.raises(ConfigError, match="--task_sampling 'random' is not known"):
+        MultiTaskArguments(tasks=json.dumps([{"train_file": "x"}]), task_sampling="random")
     with pytest.raises(ConfigError, match="--loss_weighting 'magic'"):
         MultiTaskArguments(tasks=json.dumps([{"train_file": "x"}]), loss_weighting="magic")
     tasks_file = tmp_path / "tasks.yaml"
