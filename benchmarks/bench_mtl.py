@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from nlptransfer import MultiTaskModel  # noqa: E402
+from nlptransfer import TASK_KINDS, MultiTaskModel  # noqa: E402
 from nlptransfer.readers import read_file  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
@@ -109,7 +109,7 @@ def main() -> None:
     rows = []
     for name in results["tasks"]:
         kind = next(t["task_type"] for t in config["tasks"] if t["name"] == name)
-        metric = "f1" if kind == "ner" else "pearson" if kind == "regression" else "accuracy"
+        metric = TASK_KINDS[kind].default_metric
         m, s = results[f"test_{name}_{metric}"], single[name][f"test_{name}_{metric}"]
         rows.append(
             {

@@ -143,12 +143,12 @@ class MultiTaskModel(nn.Module):
                 inject_adapter_in_model(copy.deepcopy(peft_config), self.encoder, adapter_name=name)
         self.adapter_config, self.adapter_per_task = peft_config, per_task
         self._adapter_params = {name: [] for name in self.task_names}
-        for module in self.encoder.modules():
-            if isinstance(module, BaseTunerLayer) and per_task:
-                for layer_name in module.adapter_layer_names:
-                    for name, layer in getattr(module, layer_name).items():
-                        params = [layer] if isinstance(layer, nn.Parameter) else list(layer.parameters())
-                        self._adapter_params[name] += params
+        tuner_layers = [m for m in self.encoder.modules() if isinstance(m, BaseTunerLayer)] if per_task else []
+        for module in tuner_layers:
+            for layer_name in module.adapter_layer_names:
+                for name, layer in getattr(module, layer_name).items():
+                    params = [layer] if isinstance(layer, nn.Parameter) else list(layer.parameters())
+                    self._adapter_params[name] += params
         for param in (p for params in self._adapter_params.values() for p in params):
             param.requires_grad_(True)
 
