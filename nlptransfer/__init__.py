@@ -16,6 +16,7 @@ from nlptransfer.config import (
     MultiTaskArguments,
     TaskArguments,
     TrainArguments,
+    TransferArguments,
     parse_args,
     save_config,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "TrainArguments",
     "TrainState",
     "Trainer",
+    "TransferArguments",
     "apply_adapter",
     "build_optimizer",
     "build_scheduler",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,61 @@ class MultiTaskArguments:
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks: names must be unique, got {names}; set `name:` per task")
         self.tasks = entries  # saved back as a YAML list by save_config
+
+
+@dataclass
+class TransferArguments:
+    """Transfer strategies, options of the fine-tuning and multi-task recipes (`nlptransfer.strategies`)."""
+
+    freeze: str = field(
+        default="none", metadata={"help": "none, or encoder: feature extraction, only the head(s) train."}
+    )
+    cache_features: bool = field(
+        default=True, metadata={"help": "With --freeze encoder: encode each text once and reuse its features."}
+    )
+    freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the bottom k encoder layers."})
+    gradual_unfreezing: str | None = field(
+        default=None,
+        metadata={
+            "help": "ULMFiT: start with the head, unfreeze one more layer group (top down) every N optimizer "
+            "steps, or every 'epoch'."
+        },
+    )
+    layerwise_lr_decay: float | None = field(
+        default=None, metadata={"help": "Each layer's LR is the one above it times this (head: --learning_rate)."}
+    )
+    l2sp_beta: float = field(
+        default=0.0, metadata={"help": "L2-SP: add beta * ||w - w_pretrained||^2 over the encoder weights."}
+    )
+
+    def __post_init__(self):
+        if self.freeze not in ("none", "encoder"):
+            raise ConfigError(f"--freeze must be none or encoder, got {self.freeze!r}")
+        if self.freeze_layers < 0:
+            raise ConfigError(f"--freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.freeze == "encoder" and (self.freeze_layers or self.gradual_unfreezing or self.l2sp_beta):
+            raise ConfigError(
+                "--freeze encoder trains only the head; it cannot be combined with --freeze_layers, "
+                "--gradual_unfreezing or --l2sp_beta"
+            )
+        if self.gradual_unfreezing not in (None, "epoch") and not str(self.gradual_unfreezing).isdigit():
+            raise ConfigError(
+                f"--gradual_unfreezing must be a positive number of steps or 'epoch', got {self.gradual_unfreezing!r}"
+            )
+        if str(self.gradual_unfreezing) == "0":
+            raise ConfigError("--gradual_unfreezing must be a positive number of steps or 'epoch', got 0")
+        if self.layerwise_lr_decay is not None and not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ConfigError(f"--layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        if self.l2sp_beta < 0:
+            raise ConfigError(f"--l2sp_beta must be >= 0, got {self.l2sp_beta}")
+
+    def unfreeze_every(self, batches_per_epoch: int, gradient_accumulation_steps: int) -> int | None:
+        """Optimizer steps between two unfreezings, or None when gradual unfreezing is off."""
+        if self.gradual_unfreezing is None:
+            return None
+        if self.gradual_unfreezing == "epoch":
+            return max(1, math.ceil(batches_per_epoch / gradient_accumulation_steps))
+        return int(self.gradual_unfreezing)
 
 
 @dataclass

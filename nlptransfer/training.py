@@ -92,18 +92,14 @@ def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool
     return bool((gathered == gathered[0]).all())
 
 
-def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm weights get no weight decay."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(model: torch.nn.Module, args, layerwise_lr_decay: float | None = None) -> torch.optim.Optimizer:
+    """AdamW with one parameter group per layer group (`strategies.optimizer_groups`): biases and
+    LayerNorm weights get no weight decay; `layerwise_lr_decay` lowers the LR layer by layer downward."""
+    from nlptransfer.strategies import optimizer_groups
+
+    groups = optimizer_groups(model, args.learning_rate, args.weight_decay, layerwise_lr_decay)
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
     )
 
 
@@ -304,7 +300,7 @@ class Trainer:
                 state.step += 1
                 progress.update(1)
                 if state.step % args.logging_steps == 0:
-                    logs = {"train/loss": loss.item(), "train/learning_rate": self.scheduler.get_last_lr()[0]}
+                    logs = {"train/loss": loss.item(), "train/learning_rate": max(self.scheduler.get_last_lr())}
                     accelerator.log(logs, step=state.step)
                     progress.set_postfix(loss=f"{loss.item():.4f}")
                 if args.eval_strategy == "steps" and state.step % args.eval_steps == 0:

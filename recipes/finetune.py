@@ -22,6 +22,7 @@ from nlptransfer import (
     TaskSpec,
     TrainArguments,
     Trainer,
+    TransferArguments,
     apply_adapter,
     build_optimizer,
     build_scheduler,
@@ -43,12 +44,13 @@ from nlptransfer import (
     train_dataloader,
 )
 from nlptransfer.hub import push_run
+from nlptransfer.strategies import L2SP, apply_strategies, gradual_unfreezing
 from nlptransfer.tasks import TASK_KINDS
 
 
 def main(argv=None):
-    model_args, data_args, args, lora_args = parse_args(
-        ModelArguments, DataArguments, TrainArguments, LoraArgs, args=argv
+    model_args, data_args, args, lora_args, transfer_args = parse_args(
+        ModelArguments, DataArguments, TrainArguments, LoraArgs, TransferArguments, args=argv
     )
     check_output_dir(args.output_dir, args)
     accelerator = start_run(args)
@@ -65,6 +67,7 @@ def main(argv=None):
     model = load_model_for_task(model_args, spec)
     if lora_args.enabled:  # adapters train; the encoder stays frozen, the head trains and is saved with them
         model = apply_adapter(model, lora_args, spec.kind, model_args.model_name_or_path)
+    apply_strategies(model, transfer_args)  # --freeze / --freeze_layers, before the optimizer sees the weights
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     collator = PaddingCollator(tokenizer.pad_token_id)
@@ -75,11 +78,15 @@ def main(argv=None):
     eval_loaders = [
         eval_dataloader(encoded[split].features, args.per_device_eval_batch_size, collator) for split in eval_splits
     ]
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, transfer_args.layerwise_lr_decay)
     model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
     loaders = dict(zip(eval_splits, eval_loaders))
     steps = total_steps(len(train_loader), args)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, steps, args, accelerator.num_processes))
+    scheduler = build_scheduler(optimizer, steps, args, accelerator.num_processes)
+    if every := transfer_args.unfreeze_every(len(train_loader), args.gradient_accumulation_steps):
+        gradual_unfreezing(scheduler, every * accelerator.num_processes)
+    scheduler = accelerator.prepare(scheduler)
+    loss_terms = [L2SP(accelerator.unwrap_model(model), transfer_args.l2sp_beta)] if transfer_args.l2sp_beta else []
     if args.trackers:  # trackers take scalars and strings only
         hparams = {**vars(model_args), **vars(data_args), **vars(args)}
         accelerator.init_trackers("nlptransfer", config={k: v for k, v in hparams.items() if v is not None})
@@ -100,6 +107,7 @@ def main(argv=None):
         metric_for_best_model=(args.metric_for_best_model or TASK_KINDS[spec.kind].default_metric)
         if "validation" in loaders
         else None,
+        loss_terms=loss_terms,
         max_steps=steps,
     )
     results = trainer.train()
@@ -110,7 +118,7 @@ def main(argv=None):
     results.update(trainable_parameters=trainable, total_parameters=total)
     save_run(accelerator, args.output_dir, model, tokenizer, results, spec, model_args.model_name_or_path)
     if accelerator.is_main_process:
-        save_config(f"{args.output_dir}/run_config.yaml", model_args, data_args, args, lora_args)
+        save_config(f"{args.output_dir}/run_config.yaml", model_args, data_args, args, lora_args, transfer_args)
         if lora_args.enabled and lora_args.merge:
             merge_adapter(accelerator.unwrap_model(model)).save_pretrained(f"{args.output_dir}/merged")
             tokenizer.save_pretrained(f"{args.output_dir}/merged")

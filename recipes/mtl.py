@@ -31,6 +31,7 @@ from nlptransfer import (
     TaskSpec,
     TrainArguments,
     Trainer,
+    TransferArguments,
     build_optimizer,
     build_scheduler,
     check_output_dir,
@@ -50,6 +51,7 @@ from nlptransfer import (
 from nlptransfer.adapters import encoder_adapter_config
 from nlptransfer.hub import push_run
 from nlptransfer.sampling import MultiTaskBatchSampler, build_task_sampler
+from nlptransfer.strategies import L2SP, apply_strategies, gradual_unfreezing
 
 
 def evaluate_tasks(accelerator, model, loaders, encoded, specs, split) -> dict[str, float]:
@@ -65,7 +67,7 @@ def evaluate_tasks(accelerator, model, loaders, encoded, specs, split) -> dict[s
     return metrics
 
 
-def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_args, output_dir) -> dict:
+def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_args, transfer_args, output_dir) -> dict:
     args = dataclasses.replace(args, output_dir=str(output_dir))  # this run's checkpoints go there
     # data: every task read, validated and tokenized on its own; label sets from each train split
     specs, encoded = {}, {}
@@ -89,6 +91,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
     )
     if lora_args.enabled:
         model.add_adapter(encoder_adapter_config(lora_args, model.encoder), per_task=mtl_args.adapter_per_task)
+    apply_strategies(model, transfer_args)  # --freeze / --freeze_layers, before the optimizer sees the weights
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
@@ -112,13 +115,17 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         for split in ("validation", "test")
         if split in encoded[name]
     }
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, transfer_args.layerwise_lr_decay)
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()
     )
     eval_loaders = dict(zip(eval_loaders, prepared))
     steps = total_steps(len(train_loader), args)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, steps, args, accelerator.num_processes))
+    scheduler = build_scheduler(optimizer, steps, args, accelerator.num_processes)
+    if every := transfer_args.unfreeze_every(len(train_loader), args.gradient_accumulation_steps):
+        gradual_unfreezing(scheduler, every * accelerator.num_processes)
+    scheduler = accelerator.prepare(scheduler)
+    loss_terms = [L2SP(accelerator.unwrap_model(model), transfer_args.l2sp_beta)] if transfer_args.l2sp_beta else []
 
     loaders = {
         split: {n: loader for (s, n), loader in eval_loaders.items() if s == split} for split in ("validation", "test")
@@ -138,6 +145,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         args,
         evaluate=evaluate_on["validation"] if has_validation else None,
         metric_for_best_model=(args.metric_for_best_model or "average") if has_validation else None,
+        loss_terms=loss_terms,
         max_steps=steps,
     )
     results = trainer.train()
@@ -162,8 +170,8 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
 
 
 def main(argv=None):
-    model_args, mtl_args, args, lora_args = parse_args(
-        ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, args=argv
+    model_args, mtl_args, args, lora_args, transfer_args = parse_args(
+        ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments, args=argv
     )
     if mtl_args.adapter_per_task and not lora_args.enabled:
         raise ConfigError("--adapter_per_task needs an adapter: add --peft lora (or --peft_config_file)")
@@ -174,9 +182,11 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     output_dir = Path(args.output_dir)
 
-    results = train(accelerator, tokenizer, model_args, mtl_args.task_args, mtl_args, args, lora_args, output_dir)
+    results = train(
+        accelerator, tokenizer, model_args, mtl_args.task_args, mtl_args, args, lora_args, transfer_args, output_dir
+    )
     if accelerator.is_main_process:
-        save_config(output_dir / "run_config.yaml", model_args, mtl_args, args, lora_args)
+        save_config(output_dir / "run_config.yaml", model_args, mtl_args, args, lora_args, transfer_args)
         print(
             "\n".join(
                 f"{k:>40}: {v:.4f}"
@@ -201,6 +211,7 @@ def main(argv=None):
                 mtl_args,
                 dataclasses.replace(args, max_steps=updates),
                 lora_args,
+                transfer_args,
                 output_dir / "single_task" / task.name,
             )
         if accelerator.is_main_process:
