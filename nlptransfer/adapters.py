@@ -50,7 +50,7 @@ class LoraArgs:
     peft: str | None = field(
         default=None, metadata={"help": "Adapter method: lora or ia3 (default: full fine-tuning)."}
     )
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank (4 on every linear layer: 0.7% of MiniLM)."})
+    lora_r: int = field(default=4, metadata={"help": "LoRA rank (4 on every linear layer: 0.7%% of MiniLM)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] = field(

@@ -1,4 +1,4 @@
-"""The `nlptransfer` command: `models`, `predict`, `push`. Training runs through the recipes."""
+"""The `nlptransfer` command: `models`, `predict`, `push`, `rank-models`. Training runs through the recipes."""
 
 from __future__ import annotations
 
@@ -58,10 +58,66 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rank_models(args: argparse.Namespace) -> int:
+    """Rank candidate encoders for a task by a transferability score (LogME, H-score), no fine-tuning."""
+    from nlptransfer.config import ConfigError, DataArguments
+    from nlptransfer.readers import DataError
+    from nlptransfer.resolve import ModelNotFoundError
+    from nlptransfer.transferability import TRANSFERABILITY_SCORES, Candidate, rank_models
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+    if args.score not in TRANSFERABILITY_SCORES:
+        return fail(f"--score {args.score!r} is not known; choose one of {', '.join(TRANSFERABILITY_SCORES)}")
+    if not Path(args.train_file).expanduser().is_file():
+        return fail(f"--train_file {args.train_file}: no such file")
+    if args.max_examples is not None and args.max_examples < 2:
+        return fail(f"--max_examples must be at least 2, got {args.max_examples}")
+    try:
+        candidates = [Candidate.parse(name) for name in args.models]
+        data_args = DataArguments(
+            task_type=args.task_type,
+            train_file=args.train_file,
+            text_column_name=args.text_column_name,
+            text_pair_column_name=args.text_pair_column_name,
+            label_column_name=args.label_column_name,
+            tokens_column_name=args.tokens_column_name,
+            tags_column_name=args.tags_column_name,
+            max_seq_length=args.max_seq_length,
+        )
+        ranking = rank_models(candidates, data_args, args.score, args.max_examples, args.batch_size)
+    except (ConfigError, DataError, ModelNotFoundError, ValueError) as err:
+        return fail(str(err))
+    width = max(len("model"), *(len(r.candidate) for r in ranking))
+    print(f"{'rank':>4}  {'model':<{width}}  {args.score:>10}  {'seconds':>8}")
+    for rank, row in enumerate(ranking, start=1):
+        print(f"{rank:>4}  {row.candidate:<{width}}  {row.score:>10.4f}  {row.seconds:>8.1f}")
+    if args.output:
+        results = {
+            "score": args.score,
+            "train_file": args.train_file,
+            "task_type": args.task_type,
+            "max_examples": args.max_examples,
+            "ranking": [
+                {"rank": rank, "model": row.candidate, "score": row.score, "seconds": row.seconds}
+                for rank, row in enumerate(ranking, start=1)
+            ],
+        }
+        try:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        except OSError as err:
+            return fail(f"--output {args.output}: {err.strerror or err}")
+        print(f"written to {args.output}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "models": (cmd_models, "list offline model aliases and whether their packages are installed"),
     "predict": (cmd_predict, "predict with a saved model folder"),
     "push": (cmd_push, "push a run folder to the Hub with a model card"),
+    "rank-models": (cmd_rank_models, "rank candidate encoders for a task without fine-tuning (LogME, H-score)"),
 }
 
 
@@ -81,6 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--merged", action="store_true", help="push run_dir/merged (a --merge export) instead of the adapter"
     )
+    rank = sub.add_parser(
+        "rank-models",
+        help=COMMANDS["rank-models"][1],
+        description="Score each candidate's frozen features on the training data; best first. A candidate is "
+        "a Hub id or folder, optionally with options after ':': layers=K (keep the bottom K layers), random "
+        "(random initialisation of the same shape), seed=S (its seed), e.g. "
+        "sentence-transformers/all-MiniLM-L6-v2:layers=2 or sentence-transformers/all-MiniLM-L6-v2:random.",
+    )
+    rank.add_argument("--models", nargs="+", required=True, help="candidates: MODEL[:layers=K][,random][,seed=S]")
+    rank.add_argument("--train_file", required=True, help="labelled training data (.jsonl/.json/.csv/.tsv or CoNLL)")
+    rank.add_argument("--task_type", default="classification", help="classification, pair_classification or ner")
+    rank.add_argument("--score", default="logme", help="logme (default) or hscore")
+    rank.add_argument(
+        "--max_examples", type=int, default=1000, help="score on the first N examples (sentences for ner)"
+    )
+    rank.add_argument("--max_seq_length", type=int, default=128)
+    rank.add_argument("--batch_size", type=int, default=32)
+    rank.add_argument("--text_column_name", default="text")
+    rank.add_argument("--text_pair_column_name", default=None)
+    rank.add_argument("--label_column_name", default="label")
+    rank.add_argument("--tokens_column_name", default="tokens")
+    rank.add_argument("--tags_column_name", default="ner_tags")
+    rank.add_argument("--output", default=None, help="also write the ranking to this JSON file")
     return parser
 
 

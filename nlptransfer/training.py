@@ -159,11 +159,13 @@ class Trainer:
         metric_for_best_model: str | None = None,
         loss_terms: Sequence[LossTerm] = (),
         max_steps: int | None = None,
+        callbacks: Sequence[Callable[[Trainer], None]] = (),
     ):
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.train_loader, self.args, self.evaluate_fn = train_loader, args, evaluate
         self.metric = metric_for_best_model
         self.loss_terms = list(loss_terms)
+        self.callbacks = list(callbacks)  # called before every training batch (schedules: GRL strength, ...)
         self.max_steps = max_steps or total_steps(len(train_loader), args)
         self.output_dir = Path(args.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
@@ -283,6 +285,8 @@ class Trainer:
                 loader = accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
             for batch in loader:
                 batch.pop("feature_index", None)
+                for callback in self.callbacks:
+                    callback(self)
                 with accelerator.accumulate(self.model):
                     loss = self.compute_loss(batch)
                     accelerator.backward(loss)

@@ -43,3 +43,25 @@ def test_bad_values_fail_early():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="--config nope.yaml: no such file"):
         parse_args(*TYPES, args=["--config", "nope.yaml"])
+
+
+def test_every_recipe_flag_set_prints_its_help():
+    # argparse formats help strings with %: a bare "%" in a help text crashes --help
+    from transformers import HfArgumentParser
+
+    from nlptransfer import (
+        DataArguments,
+        LoraArgs,
+        ModelArguments,
+        MultiTaskArguments,
+        TrainArguments,
+        TransferArguments,
+    )
+    from nlptransfer.domain import DomainArguments
+
+    for types in (
+        (ModelArguments, DataArguments, TrainArguments, LoraArgs, TransferArguments),
+        (ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments),
+        (ModelArguments, DomainArguments, TrainArguments),
+    ):
+        assert "--output_dir" in HfArgumentParser(types).format_help()

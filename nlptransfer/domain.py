@@ -1,0 +1,150 @@
+"""Adversarial domain adaptation (DANN, Ganin et al. JMLR 2016): a classifier trained on labelled
+source data while a domain classifier behind a gradient-reversal layer makes the encoder's features
+indistinguishable between source and (unlabelled) target data.
+
+The methods the domain recipe compares are registered in `DOMAIN_METHODS`: which domain's labels
+train the classifier, and whether unlabelled target text joins adversarially.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from nlptransfer.config import ConfigError
+from nlptransfer.readers import Records
+from nlptransfer.strategies import GradientReversal, grl_schedule
+
+
+@dataclass(frozen=True)
+class DomainMethod:
+    labelled: str  # "source" or "target": whose labels train the classifier
+    adversarial: bool  # unlabelled target text joins through the domain classifier
+
+
+DOMAIN_METHODS: dict[str, DomainMethod] = {
+    "source_only": DomainMethod(labelled="source", adversarial=False),
+    "dann": DomainMethod(labelled="source", adversarial=True),
+    "target_only": DomainMethod(labelled="target", adversarial=False),  # in-domain training: the ceiling
+}
+
+
+@dataclass
+class DomainArguments:
+    source_file: str = field(default=None, metadata={"help": "Labelled source-domain data (.jsonl/.csv/.tsv)."})
+    target_file: str = field(
+        default=None,
+        metadata={"help": "Target-domain data: its train part is used without labels; its test part is scored."},
+    )
+    method: str = field(default="dann", metadata={"help": f"One of {sorted(DOMAIN_METHODS)}."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the per-domain train/test split."})
+    test_size: int = field(default=400, metadata={"help": "Test rows per domain (the literature: 1,600 / 400)."})
+    validation_split_percentage: int = field(
+        default=10, metadata={"help": "Share of the labelled training rows held out for model selection."}
+    )
+    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the label."})
+    max_seq_length: int = field(default=256, metadata={"help": "Longer texts are truncated."})
+    domain_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the domain classifier's loss."})
+    grl_gamma: float = field(
+        default=10.0, metadata={"help": "Reversal strength warm-up: 2 / (1 + exp(-gamma * progress)) - 1."}
+    )
+    domain_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the domain classifier MLP."})
+
+    def __post_init__(self):
+        if not self.source_file or not self.target_file:
+            raise ConfigError("give --source_file (labelled source domain) and --target_file (target domain)")
+        if self.method not in DOMAIN_METHODS:
+            raise ConfigError(f"--method {self.method!r} is not one of {sorted(DOMAIN_METHODS)}")
+        if self.test_size < 1:
+            raise ConfigError(f"--test_size must be at least 1, got {self.test_size}")
+
+
+def split_domain(records: Records, test_size: int, seed: int) -> tuple[Records, Records]:
+    """(train, test): a seeded `test_size` rows held out, the same rows for every method and run."""
+    if test_size >= len(records):
+        raise ConfigError(f"{records.source}: --test_size {test_size} leaves no training rows ({len(records)} in all)")
+    indices = list(range(len(records)))
+    random.Random(seed).shuffle(indices)
+    return records.select(sorted(indices[test_size:])), records.select(sorted(indices[:test_size]))
+
+
+def has_labels(records: Records, spec) -> bool:
+    """Whether every row has a value in the label column (a target file may come without labels)."""
+    return all(row.get(spec.label_column) not in (None, "") for row in records.rows)
+
+
+def unlabelled(records: Records, spec) -> Records:
+    """The rows with their label replaced by a placeholder from the label set (files without labels
+    pass validation; `without_labels` then masks every one), so no target label can leak."""
+    rows = [{**row, spec.label_column: spec.labels[0]} for row in records.rows]
+    return Records(records.source, rows, records.lines, records.unit)
+
+
+def without_labels(features: list[dict], domain: int) -> list[dict]:
+    """Features of unlabelled text: label -100 (no classifier loss), tagged with their domain."""
+    return [{**f, "labels": -100, "domains": domain} for f in features]
+
+
+def with_domain(features: list[dict], domain: int) -> list[dict]:
+    return [{**f, "domains": domain} for f in features]
+
+
+@dataclass
+class DomainAdversarialOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    label_loss: torch.Tensor | None = None
+    domain_loss: torch.Tensor | None = None
+    domain_logits: torch.Tensor | None = None
+
+
+class DomainAdversarialModel(nn.Module):
+    """A sequence classifier (any `AutoModelForSequenceClassification`) plus a domain classifier on
+    the last layer's first-token state, behind a gradient-reversal layer.
+
+    Training batches mix source rows (labels) and target rows (label -100) with `domains` 0/1; the
+    loss is the classifier's cross-entropy over labelled rows plus `domain_loss_weight` times the
+    domain cross-entropy over all rows. Without `domains` (evaluation, serving) it is the plain
+    classifier. Only `classifier` is saved as the run's model; the domain head is training-only.
+    """
+
+    def __init__(self, classifier: nn.Module, hidden_size: int = 256, domain_loss_weight: float = 1.0):
+        super().__init__()
+        self.classifier = classifier
+        width = classifier.config.hidden_size
+        self.grl = GradientReversal(strength=0.0)
+        self.domain_head = nn.Sequential(
+            nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden_size, 2)
+        )
+        self.domain_loss_weight = domain_loss_weight
+
+    def set_progress(self, progress: float, gamma: float = 10.0) -> None:
+        """DANN's schedule: reversal strength from 0 toward 1 as training progresses."""
+        self.grl.strength = grl_schedule(min(max(progress, 0.0), 1.0), gamma)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, domains=None):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        if domains is None:
+            return self.classifier(**inputs, labels=labels)
+        out = self.classifier(**inputs, output_hidden_states=True)
+        labelled = labels != -100
+        # mean over labelled rows; a batch with none contributes 0 (and still a graph, for DDP)
+        label_loss = F.cross_entropy(out.logits, labels.clamp(min=0), reduction="none")
+        label_loss = (label_loss * labelled).sum() / labelled.sum().clamp(min=1)
+        domain_logits = self.domain_head(self.grl(out.hidden_states[-1][:, 0]))
+        domain_loss = F.cross_entropy(domain_logits, domains)
+        return DomainAdversarialOutput(
+            loss=label_loss + self.domain_loss_weight * domain_loss,
+            logits=out.logits,
+            label_loss=label_loss.detach(),
+            domain_loss=domain_loss.detach(),
+            domain_logits=domain_logits,
+        )
