@@ -9,7 +9,7 @@ from torch import nn
 class StaticWeighting(nn.Module):
     """sum_t w_t * L_t with fixed weights (1.0 unless the task config gives `weight`)."""
 
-    def __init__(self, tasks: list[str], weights: dict[str, float] | None = None, regression: dict | None = None):
+    def __init__(self, tasks: list[str], weights: dict[str, float] | None = None, factors: dict | None = None):
         super().__init__()
         self.weights = {task: float((weights or {}).get(task, 1.0)) for task in tasks}
 
@@ -24,11 +24,11 @@ class UncertaintyWeighting(nn.Module):
     regression exp(-s_t) L_t / 2 + s_t / 2 (the paper's 1/sigma^2 and 1/(2 sigma^2) factors, + log sigma).
     """
 
-    def __init__(self, tasks: list[str], weights: dict[str, float] | None = None, regression: dict | None = None):
+    def __init__(self, tasks: list[str], weights: dict[str, float] | None = None, factors: dict | None = None):
         super().__init__()
         self.index = {task: i for i, task in enumerate(tasks)}
         self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
-        self.factor = {task: 0.5 if (regression or {}).get(task) else 1.0 for task in tasks}
+        self.factor = {task: float((factors or {}).get(task, 1.0)) for task in tasks}  # the kind's uncertainty_factor
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         total = 0.0

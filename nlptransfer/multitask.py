@@ -108,8 +108,8 @@ class MultiTaskModel(nn.Module):
         self.loss_weighting_name = loss_weighting
         self.task_weights = dict(task_weights or {})
         self.head_dropout = head_dropout
-        regression = {spec.name: spec.kind == "regression" for spec in specs}
-        self.loss_weighting = LOSS_WEIGHTINGS[loss_weighting](names, self.task_weights, regression)
+        factors = {spec.name: TASK_KINDS[spec.kind].uncertainty_factor for spec in specs}
+        self.loss_weighting = LOSS_WEIGHTINGS[loss_weighting](names, self.task_weights, factors)
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -342,7 +342,7 @@ class MultiTaskModel(nn.Module):
             for row in range(len(chunk)):
                 results.append(
                     {
-                        name: DECODERS[self.tasks[name].kind](
+                        name: TASK_KINDS[self.tasks[name].kind].decode(
                             logits[name][row], self.tasks[name], encoding, row, first[row]
                         )
                         for name in tasks
@@ -355,55 +355,3 @@ class MultiTaskModel(nn.Module):
 def _jsonable(value):
     """peft configs hold sets (target_modules) and enums: lists and strings in JSON."""
     return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
-
-
-def _decode_label(logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> dict:
-    probs = logits.softmax(-1)
-    best = int(probs.argmax())
-    return {"label": spec.labels[best], "score": float(probs[best])}
-
-
-def _decode_score(logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> float:
-    return float(logits.reshape(-1)[0])
-
-
-def _decode_entities(logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> list[dict]:
-    """First sub-word of each word carries the word's tag; IOB2 tags join into character spans."""
-    probs = logits.softmax(-1)
-    words: list[tuple[str, float, int, int]] = []  # (tag, score, start char, end char)
-    previous = None
-    for position, word in enumerate(encoding.word_ids(row)):
-        if word is None:
-            continue
-        span = encoding.word_to_chars(row, word)
-        if word != previous:
-            best = int(probs[position].argmax())
-            words.append((spec.labels[best], float(probs[position, best]), span.start, span.end))
-        previous = word
-    entities: list[dict] = []
-    for tag, score, start, end in words:
-        inside = tag.startswith("I-") and entities and entities[-1]["entity"] == tag[2:] and entities[-1]["open"]
-        if inside:
-            entities[-1].update(end=end, scores=entities[-1]["scores"] + [score])
-        elif tag != "O":
-            entities.append({"entity": tag[2:], "start": start, "end": end, "scores": [score], "open": True})
-        if tag == "O" and entities:
-            entities[-1]["open"] = False
-    return [
-        {
-            "entity": e["entity"],
-            "word": text[e["start"] : e["end"]],
-            "start": e["start"],
-            "end": e["end"],
-            "score": sum(e["scores"]) / len(e["scores"]),
-        }
-        for e in entities
-    ]
-
-
-DECODERS = {
-    "classification": _decode_label,
-    "pair_classification": _decode_label,
-    "regression": _decode_score,
-    "ner": _decode_entities,
-}

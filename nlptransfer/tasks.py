@@ -140,6 +140,9 @@ class TaskKind:
     default_metric: ClassVar[str]  # higher is better
     has_label_set: ClassVar[bool] = True
     problem_type: ClassVar[str | None] = None  # transformers' config.problem_type of the head, when it has one
+    uncertainty_factor: ClassVar[float] = (
+        1.0  # Kendall et al.: 1/sigma^2 for likelihoods of classes, 1/(2 sigma^2) Gaussian
+    )
 
     def check_spec(self, spec: TaskSpec) -> None:
         """Raise ConfigError when `spec` lacks something this kind needs (called before reading any row)."""
@@ -176,6 +179,12 @@ class TaskKind:
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
         raise NotImplementedError
+
+    def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str):
+        """One text's prediction for serving (`MultiTaskModel.predict`): the label name and its probability."""
+        probs = logits.softmax(-1)
+        best = int(probs.argmax())
+        return {"label": spec.labels[best], "score": float(probs[best])}
 
 
 class _SequenceKind(TaskKind):
@@ -276,9 +285,13 @@ class RegressionKind(_SequenceKind):
     default_metric = "pearson"
     has_label_set = False
     problem_type = "regression"
+    uncertainty_factor = 0.5
 
     def num_outputs(self, spec: TaskSpec) -> int:
         return 1
+
+    def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> float:
+        return float(logits.reshape(-1)[0])
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return mse_loss(logits, labels)
@@ -385,6 +398,39 @@ class NerKind(TaskKind):
             features.append(feature)
             words_of_feature.append(words)
         return Encoded(features, records, labels, [row for row, _, _ in windows], words_of_feature)
+
+    def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> list[dict]:
+        """First sub-word of each word carries the word's tag; IOB2 tags join into character spans."""
+        probs = logits.softmax(-1)
+        words: list[tuple[str, float, int, int]] = []  # (tag, score, start char, end char)
+        previous = None
+        for position, word in enumerate(encoding.word_ids(row)):
+            if word is None:
+                continue
+            span = encoding.word_to_chars(row, word)
+            if word != previous:
+                best = int(probs[position].argmax())
+                words.append((spec.labels[best], float(probs[position, best]), span.start, span.end))
+            previous = word
+        entities: list[dict] = []
+        for tag, score, start, end in words:
+            inside = tag.startswith("I-") and entities and entities[-1]["entity"] == tag[2:] and entities[-1]["open"]
+            if inside:
+                entities[-1].update(end=end, scores=entities[-1]["scores"] + [score])
+            elif tag != "O":
+                entities.append({"entity": tag[2:], "start": start, "end": end, "scores": [score], "open": True})
+            if tag == "O" and entities:
+                entities[-1]["open"] = False
+        return [
+            {
+                "entity": e["entity"],
+                "word": text[e["start"] : e["end"]],
+                "start": e["start"],
+                "end": e["end"],
+                "score": sum(e["scores"]) / len(e["scores"]),
+            }
+            for e in entities
+        ]
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
         """Map first-sub-word predictions back to words; a word with no prediction counts as 'O'."""

@@ -161,7 +161,7 @@ def test_predict_serves_every_task_from_one_encoder_pass(tiny_model):
 
 
 def test_entity_decoding_joins_iob2_tags_into_character_spans(tiny_model):
-    from nlptransfer.multitask import _decode_entities
+    from nlptransfer.tasks import TASK_KINDS
 
     model = tiny_mtl(tiny_model)
     text = "anna met bob in paris ."
@@ -171,7 +171,7 @@ def test_entity_decoding_joins_iob2_tags_into_character_spans(tiny_model):
     # tokens: [CLS] anna met bob in paris . [SEP]; tags: B-PER O B-PER I-PER B-LOC O
     wanted = [0, 1, 0, 1, 2, 3, 0, 0]
     logits = torch.nn.functional.one_hot(torch.tensor(wanted), 4).float() * 5
-    entities = _decode_entities(logits, spec, encoding, 0, text)
+    entities = TASK_KINDS["ner"].decode(logits, spec, encoding, 0, text)
     assert [(e["entity"], e["word"]) for e in entities] == [("PER", "anna"), ("PER", "bob in"), ("LOC", "paris")]
 
 

@@ -1,0 +1,134 @@
+"""Domain adaptation on Amazon reviews (books <-> kitchen) with MiniLM: source-only vs DANN, with
+in-domain training as the ceiling, over several seeds, side by side in one run.
+
+    python benchmarks/bench_domain.py            # 2 directions x 3 methods x 3 seeds
+    python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens: a smoke run
+
+Each run is `recipes/domain_adapt.py` in its own process: each domain split 1,600 / 400 by
+--split_seed (the same split for every method and seed), model selection on a held-out 10% of the
+labelled training domain (never target labels, except for the in-domain ceiling). The seed varies
+initialisation and order. Writes benchmarks/results/domain[_quick].json and prints markdown tables.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data")) / "amazon_multidomain"
+DIRECTIONS = [("books", "kitchen"), ("kitchen", "books")]
+METHODS = ["source_only", "dann", "target_only"]
+
+
+def run(source: str, target: str, method: str, seed: int, extra: list[str], output_dir: Path) -> dict:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "_run.py"),
+        str(ROOT / "recipes" / "domain_adapt.py"),
+        "--source_file",
+        str(DATA / f"{source}.jsonl"),
+        "--target_file",
+        str(DATA / f"{target}.jsonl"),
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        *extra,
+        "--output_dir",
+        str(output_dir),
+        "--disable_tqdm",
+        "true",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, texts cut to 64 tokens")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--max_seq_length", type=int, default=256)
+    parser.add_argument("--domain_loss_weight", type=float, default=1.0)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    extra = [
+        "--num_train_epochs",
+        "1" if args.quick else str(args.epochs),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--max_seq_length",
+        "64" if args.quick else str(args.max_seq_length),
+        "--domain_loss_weight",
+        str(args.domain_loss_weight),
+        "--per_device_train_batch_size",
+        "16",
+    ]
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_domain_") as scratch:
+        for source, target in DIRECTIONS:
+            for method in args.methods:
+                for seed in seeds:
+                    print(f"running {source} -> {target} / {method} / seed {seed} ...", flush=True)
+                    out = Path(scratch) / f"{source}-{target}-{method}-{seed}"
+                    results = run(source, target, method, seed, extra, out)
+                    rows.append(
+                        {
+                            "direction": f"{source} -> {target}",
+                            "method": method,
+                            "seed": seed,
+                            "target_accuracy": results["test_accuracy"],
+                            "source_accuracy": results["source_test_accuracy"],
+                            "validation_accuracy": results["eval_accuracy"],
+                            "train_runtime_s": results["train_runtime"],
+                            "peak_rss_mib": results["peak_rss_mib"],
+                        }
+                    )
+
+    summary = []
+    for direction in dict.fromkeys(r["direction"] for r in rows):
+        for method in args.methods:
+            scores = [r["target_accuracy"] for r in rows if r["direction"] == direction and r["method"] == method]
+            summary.append(
+                {
+                    "direction": direction,
+                    "method": method,
+                    "mean": statistics.mean(scores),
+                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                    "scores": scores,
+                }
+            )
+    mean_of = {m: statistics.mean(s["mean"] for s in summary if s["method"] == m) for m in args.methods if summary}
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"domain{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"quick": args.quick, "args": extra, "seeds": seeds, "rows": rows, "summary": summary, "average": mean_of}
+    output.write_text(json.dumps(payload, indent=2) + "\n")
+
+    print("\n| direction | method | target accuracy (mean ± std over seeds) | per seed |")
+    print("|---|---|---|---|")
+    for s in summary:
+        per_seed = ", ".join(f"{x:.4f}" for x in s["scores"])
+        print(f"| {s['direction']} | {s['method']} | {s['mean']:.4f} ± {s['std']:.4f} | {per_seed} |")
+    print("\n| method | average target accuracy over both directions |")
+    print("|---|---|")
+    for method, value in mean_of.items():
+        print(f"| {method} | {value:.4f} |")
+    if "dann" in mean_of and "source_only" in mean_of:
+        print(f"\nDANN - source-only: {100 * (mean_of['dann'] - mean_of['source_only']):+.2f} points")
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
