@@ -1,6 +1,6 @@
 """Transferability estimation vs fine-tuning: do LogME and H-score rank encoders as fine-tuning does?
 
-    python benchmarks/bench_transferability.py            # scores on 2,000 examples, fine-tune on all, 3 epochs
+    python benchmarks/bench_transferability.py            # scores on 2,000 examples, fine-tune on them, 2 epochs
     python benchmarks/bench_transferability.py --quick    # 300 examples, 1 epoch, 300 test: a smoke run
 
 Candidates: all-MiniLM-L6-v2 cut to its bottom 2 and 4 layers and whole (6), all-mpnet-base-v2 (skipped
@@ -102,9 +102,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--candidates", nargs="+", default=CANDIDATES, help="MODEL[:layers=K][,random][,seed=S]")
     parser.add_argument("--score_examples", type=int, default=2000, help="training examples the scores see")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="fine-tuning examples (default: all)")
+    parser.add_argument("--max_train_samples", type=int, default=2000, help="fine-tuning examples (the budget)")
     parser.add_argument("--max_test_samples", type=int, default=None)
-    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads, scoring and fine-tuning")
