@@ -21,6 +21,9 @@ from nlptransfer.config import (
     save_config,
 )
 from nlptransfer.data import carve_validation, encode_splits, load_splits
+from nlptransfer.distill import DistillArguments, load_teacher, student_from_teacher
+from nlptransfer.distill_losses import kd_loss
+from nlptransfer.distill_model import DistillationModel
 from nlptransfer.evaluation import evaluate, predict_logits, prefixed
 from nlptransfer.heads import HEADS
 from nlptransfer.losses import LOSS_WEIGHTINGS
@@ -48,6 +51,8 @@ __all__ = [
     "ConfigError",
     "DataArguments",
     "DataError",
+    "DistillArguments",
+    "DistillationModel",
     "Encoded",
     "EpochSampler",
     "HEADS",
@@ -80,9 +85,11 @@ __all__ = [
     "eval_dataloader",
     "evaluate",
     "head_modules",
+    "kd_loss",
     "load_adapter_model",
     "load_model_for_task",
     "load_splits",
+    "load_teacher",
     "load_tokenizer",
     "merge_adapter",
     "ner_metrics",
@@ -97,6 +104,7 @@ __all__ = [
     "save_run",
     "set_cpu_threads",
     "start_run",
+    "student_from_teacher",
     "total_steps",
     "train_dataloader",
     "with_task",

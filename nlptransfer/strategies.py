@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from nlptransfer.config import ConfigError
 
-_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+LAYER_PATTERN = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 
 def encoder_module(model: nn.Module) -> nn.Module:
@@ -44,7 +44,7 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     bottom, pooler, seen = [], [], set()
     for name, param in encoder.named_parameters():
         seen.add(id(param))
-        match = _LAYER.search(name)
+        match = LAYER_PATTERN.search(name)
         if match:
             indexed.setdefault(int(match.group(1)), []).append(param)
         else:

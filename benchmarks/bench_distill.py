@@ -1,0 +1,290 @@
+"""Distillation on TREC-6 and CoNLL-2003: smaller students vs their teacher, side by side in one run.
+
+    python benchmarks/bench_distill.py            # full data (hours on 2 CPU cores)
+    python benchmarks/bench_distill.py --quick    # 300 training examples, 1 epoch: a smoke run
+
+Per task: MiniLM (6 layers) fine-tuned is the teacher; students of 2 and 3 layers cut from it
+(`--student_layers`, weights copied) are trained (a) on the labels only (`--alpha 0`) and (b) with
+distillation, same seed, epochs and learning rate. Then all-mpnet-base-v2 (12 layers) fine-tuned
+teaches the 6-layer MiniLM through another tokenizer; MiniLM's own fine-tuning is that student's
+labels-only baseline. Every system trains in its own process (`_run.py`); the teachers' logits are
+computed once per task and shared through one cache. Inference throughput of every saved model is
+then measured here, in one process, on the same test texts (tokenized, batches of 64, best of
+`--rounds`, round-robin over models so background load hits all alike).
+Writes benchmarks/results/distill[_quick].json and prints a markdown table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data"))
+MINILM, MPNET = "sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"
+TASKS = {
+    "trec": {
+        "metric": "accuracy",
+        "args": ["--train_file", str(DATA / "trec/train.jsonl"), "--test_file", str(DATA / "trec/test.jsonl")],
+    },
+    "conll2003": {
+        "metric": "f1",
+        "args": [
+            "--task_type",
+            "ner",
+            "--train_file",
+            str(DATA / "conll2003/eng.train"),
+            "--validation_file",
+            str(DATA / "conll2003/eng.testa"),
+            "--test_file",
+            str(DATA / "conll2003/eng.testb"),
+        ],
+    },
+}
+
+
+def run_system(recipe: str, args: list[str], output_dir: Path) -> dict:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "_run.py"),
+        str(ROOT / "recipes" / recipe),
+        *args,
+        "--output_dir",
+        str(output_dir),
+        "--disable_tqdm",
+        "true",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
+def test_inputs(task: str, limit: int | None) -> list:
+    """The test split as the recipes read it: texts (classification) or word lists (NER)."""
+    from nlptransfer import read_file
+
+    path = TASKS[task]["args"][TASKS[task]["args"].index("--test_file") + 1]
+    rows = read_file(path).rows[:limit]
+    return [row["tokens"] for row in rows] if task == "conll2003" else [row["text"] for row in rows]
+
+
+def throughput(
+    folders: dict[str, Path], inputs: list, rounds: int, threads: int | None = None, batch_size: int = 64
+) -> dict[str, dict]:
+    """Examples per second of each saved model's forward pass over `inputs` (pre-tokenized by its own
+    tokenizer, longest first), the best of `rounds`; models take turns within each round."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    from nlptransfer import count_parameters
+
+    torch.set_num_threads(
+        threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    )
+    words = isinstance(inputs[0], list)
+    auto = AutoModelForTokenClassification if words else AutoModelForSequenceClassification
+    prepared = {}
+    for name, folder in folders.items():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = auto.from_pretrained(folder).eval()
+        encoded = tokenizer(inputs, is_split_into_words=words, truncation=True, max_length=128)
+        order = sorted(range(len(inputs)), key=lambda i: -len(encoded["input_ids"][i]))
+        batches = [
+            tokenizer.pad({k: [encoded[k][i] for i in order[s : s + batch_size]] for k in encoded}, return_tensors="pt")
+            for s in range(0, len(order), batch_size)
+        ]
+        prepared[name] = (model, batches)
+    best = {name: float("inf") for name in folders}
+    with torch.inference_mode():
+        for model, batches in prepared.values():
+            model(**batches[-1])  # warm-up
+        for _ in range(rounds):
+            for name, (model, batches) in prepared.items():
+                start = time.perf_counter()
+                for batch in batches:
+                    model(**batch)
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {
+        name: {"examples_per_second": len(inputs) / best[name], "parameters": count_parameters(model)[1]}
+        for name, (model, _) in prepared.items()
+    }
+
+
+def folder_name(model: str) -> str:
+    return model.replace(" ", "_").replace("←", "from")
+
+
+def plan(task_dir: Path, args) -> list[dict]:
+    """One task's systems in training order: recipe, flags, and what the table says about each."""
+    distil = ["--alpha", str(args.alpha), "--temperature", str(args.temperature)]
+    cache = ["--teacher_cache_dir", str(task_dir / "teacher_cache")]  # each teacher's logits computed once
+    minilm, mpnet = "MiniLM-6 teacher", "mpnet-12 teacher"
+    systems = [
+        {
+            "model": minilm,
+            "recipe": "finetune.py",
+            "flags": ["--model_name_or_path", MINILM, "--learning_rate", str(args.teacher_lr)],
+            "layers": 6,
+            "init": "pretrained",
+            "training": "labels",
+        }
+    ]
+    cut = ["--teacher_name_or_path", str(task_dir / folder_name(minilm)), "--learning_rate", str(args.student_lr)]
+    for layers in args.student_layers:
+        n, init = len(layers.split(",")), f"teacher layers {layers}"
+        common = {"layers": n, "init": init, "teacher": minilm, "recipe": "distill.py"}
+        systems.append(
+            {
+                "model": f"{n}L labels",
+                "flags": [*cut, "--student_layers", layers, "--alpha", "0"],
+                "training": "labels",
+                **common,
+            }
+        )
+        systems.append(
+            {
+                "model": f"{n}L distilled",
+                "flags": [*cut, "--student_layers", layers, *distil, *cache],
+                "training": "distilled",
+                "baseline": f"{n}L labels",
+                **common,
+            }
+        )
+    if not args.skip_mpnet:
+        systems.append(
+            {
+                "model": mpnet,
+                "recipe": "finetune.py",
+                "flags": ["--model_name_or_path", MPNET, "--learning_rate", str(args.mpnet_lr)],
+                "layers": 12,
+                "init": "pretrained",
+                "training": "labels",
+            }
+        )
+        systems.append(
+            {
+                "model": "MiniLM-6 ← mpnet",
+                "recipe": "distill.py",
+                "flags": [
+                    "--teacher_name_or_path",
+                    str(task_dir / folder_name(mpnet)),
+                    "--model_name_or_path",
+                    MINILM,
+                    "--learning_rate",
+                    str(args.teacher_lr),
+                    *distil,
+                    *cache,
+                ],
+                "layers": 6,
+                "init": "pretrained MiniLM",
+                "training": "distilled",
+                "teacher": mpnet,
+                "baseline": minilm,  # MiniLM fine-tuned on the labels: the same student without a teacher
+            }
+        )
+    return systems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 training examples, 1 epoch")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--teacher_lr", type=float, default=1e-4, help="MiniLM teacher (the recipe's default)")
+    parser.add_argument("--mpnet_lr", type=float, default=5e-5, help="all-mpnet-base-v2 teacher")
+    parser.add_argument("--student_lr", type=float, default=1e-4)
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-target loss")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument(
+        "--student_layers",
+        nargs="+",
+        default=["0,3", "0,2,4"],
+        help="teacher layers of each cut student (every 3rd / every 2nd from the bottom)",
+    )
+    parser.add_argument("--skip_mpnet", action="store_true", help="leave out the mpnet -> MiniLM pair")
+    parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads (default: every core)")
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds per model (best is kept)")
+    parser.add_argument("--workdir", default=None, help="keep every model here (default: a temporary folder)")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    common = ["--seed", str(args.seed), "--num_train_epochs", "1" if args.quick else str(args.epochs)]
+    if args.cpu_threads:
+        common += ["--cpu_threads", str(args.cpu_threads)]
+    if args.quick:
+        common += ["--max_train_samples", "300", "--max_eval_samples", "300", "--max_test_samples", "300"]
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_distill_") as scratch:
+        for task in args.tasks:
+            spec, task_dir = TASKS[task], Path(args.workdir or scratch) / task
+            folders = {}
+            for system in plan(task_dir, args):
+                name = system["model"]
+                print(f"running {task} / {name} ...", flush=True)
+                folders[name] = task_dir / folder_name(name)
+                flags = [*spec["args"], *common, *system.pop("flags")]
+                results = run_system(system.pop("recipe"), flags, folders[name])
+                rows.append(
+                    {
+                        "task": task,
+                        "metric": spec["metric"],
+                        "score": results[f"test_{spec['metric']}"],
+                        "validation_score": results.get(f"eval_{spec['metric']}"),
+                        "train_runtime_s": results["train_runtime"],
+                        "teacher_targets": results.get("teacher_targets"),
+                        "teacher_targets_s": results.get("teacher_targets_seconds"),
+                        "peak_rss_mib": results["peak_rss_mib"],
+                        "args": flags[len(spec["args"]) :],
+                        **system,
+                    }
+                )
+
+            print(f"measuring inference throughput on {task} ...", flush=True)
+            speed = throughput(folders, test_inputs(task, 300 if args.quick else None), args.rounds, args.cpu_threads)
+            by_name = {r["model"]: r for r in rows if r["task"] == task}
+            for row in by_name.values():
+                row.update(speed[row["model"]])
+                teacher = by_name[row.get("teacher") or row["model"]]
+                row["retained_percent"] = 100 * row["score"] / teacher["score"] if teacher["score"] else None
+                row["speedup_vs_teacher"] = row["examples_per_second"] / teacher["examples_per_second"]
+                if row.get("baseline"):
+                    row["delta_vs_labels_only_points"] = 100 * (row["score"] - by_name[row["baseline"]]["score"])
+
+    smallest = [r for r in rows if r["training"] == "distilled" and r["layers"] == 2]
+    targets = {
+        "2-layer distilled keeps >= 97% of the teacher at >= 2.5x throughput": {
+            r["task"]: (r["retained_percent"] or 0) >= 97 and r["speedup_vs_teacher"] >= 2.5 for r in smallest
+        },
+        "distillation beats labels-only by >= 1 point on some task": any(
+            r.get("delta_vs_labels_only_points", 0) >= 1 for r in rows
+        ),
+    }
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"distill{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"quick": args.quick, "targets": targets, "rows": rows}, indent=2) + "\n")
+    print(
+        "\n| task | model | layers | init | test score | % of teacher | Δ vs labels only | parameters | examples/s | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        delta = f"{r['delta_vs_labels_only_points']:+.2f}" if "delta_vs_labels_only_points" in r else "-"
+        retained = f"{r['retained_percent']:.1f}%" if r["retained_percent"] is not None else "-"
+        print(
+            f"| {r['task']} | {r['model']} | {r['layers']} | {r['init']} | {r['metric']} {r['score']:.4f} | "
+            f"{retained} | {delta} | {r['parameters'] / 1e6:.1f}M | "
+            f"{r['examples_per_second']:.0f} | {r['speedup_vs_teacher']:.2f}x |"
+        )
+    for target, met in targets.items():
+        print(f"- {target}: {met}")
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()

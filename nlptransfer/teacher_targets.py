@@ -1,0 +1,187 @@
+"""The teacher's predictions on the training rows, computed once and cached on disk.
+
+The teacher reads the same rows through its *own* tokenizer, so teacher and student need not share
+a vocabulary. Targets are kept per row (sequence tasks) or per word (NER: the logits at the first
+sub-word of each word, the position the gold loss and scoring use), so they line up with the
+student's features whatever the two tokenizers make of the words, and whatever windows each cuts
+long sentences into.
+
+    targets, status = cached_teacher_targets(teacher, splits["train"], spec, 128, "runs/x/teacher_cache")
+    train_features = targets.attach(encoded["train"])   # each feature gains `teacher_logits`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from nlptransfer.batching import PaddingCollator
+from nlptransfer.data import encode_splits
+from nlptransfer.distill import Teacher
+from nlptransfer.readers import Records
+from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class TeacherTargets:
+    """Teacher logits: one row per training row, or (token tasks) one per word, the words of row r at
+    `logits[offsets[r]:offsets[r + 1]]`. NaN marks a word the teacher made no prediction for."""
+
+    logits: torch.Tensor
+    offsets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.logits) if self.offsets is None else len(self.offsets) - 1
+
+    def of_row(self, row: int) -> torch.Tensor:
+        if self.offsets is None:
+            return self.logits[row]
+        return self.logits[self.offsets[row] : self.offsets[row + 1]]
+
+    def attach(self, encoded: Encoded) -> list[dict]:
+        """The student's features, each with its `teacher_logits`: the row's logits, or (token tasks)
+        an array as long as the feature with each word's logits at its first sub-word, NaN elsewhere."""
+        logits = self.logits.float().numpy()
+        features = []
+        for index, feature in enumerate(encoded.features):
+            row = encoded.row_of_feature[index]
+            if self.offsets is None:
+                features.append({**feature, "teacher_logits": logits[row]})
+                continue
+            start = int(self.offsets[row])
+            positions = [j for j, label in enumerate(feature["labels"]) if label != -100]
+            words = encoded.words_of_feature[index]
+            target = np.full((len(feature["input_ids"]), logits.shape[-1]), np.nan, dtype=np.float32)
+            target[positions] = logits[[start + word for word in words]]
+            features.append({**feature, "teacher_logits": target})
+        return features
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        """Atomically: a killed run never leaves half a cache file behind."""
+        tensors = {"logits": self.logits.contiguous()}
+        if self.offsets is not None:
+            tensors["offsets"] = self.offsets.contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TeacherTargets:
+        tensors = load_file(str(path))
+        return cls(tensors["logits"], tensors.get("offsets"))
+
+
+@torch.inference_mode()
+def compute_teacher_targets(
+    teacher: Teacher,
+    records: Records,
+    spec: TaskSpec,
+    max_length: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> TeacherTargets:
+    """Run the teacher over `records`, tokenized with the teacher's tokenizer; per row or per word."""
+    kind = TASK_KINDS[spec.kind]
+    encoded = encode_splits({"train": records}, dataclasses.replace(spec), teacher.tokenizer, max_length)["train"]
+    collator = PaddingCollator(teacher.tokenizer.pad_token_id)
+    order = sorted(range(len(encoded.features)), key=lambda i: -len(encoded.features[i]["input_ids"]))
+    teacher.model.to(device)
+    per_feature: list[np.ndarray | None] = [None] * len(order)
+    for start in tqdm(range(0, len(order), batch_size), desc="teacher", disable=not progress):
+        chunk = order[start : start + batch_size]
+        batch = collator([encoded.features[i] for i in chunk])
+        logits = teacher({k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        for i, row_logits in zip(chunk, logits):
+            per_feature[i] = row_logits
+    if kind.head != "token":
+        return TeacherTargets(torch.from_numpy(np.stack([per_feature[i] for i in _row_order(encoded)])))
+    counts = [len(row[spec.tokens_column]) for row in records.rows]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    table = np.full((offsets[-1], per_feature[0].shape[-1]), np.nan, dtype=np.float32)
+    for index, feature in enumerate(encoded.features):
+        positions = [j for j, label in enumerate(feature["labels"]) if label != -100]
+        words = encoded.words_of_feature[index]
+        table[[offsets[encoded.row_of_feature[index]] + word for word in words]] = per_feature[index][positions]
+    missing = int(np.isnan(table).any(-1).sum())
+    if missing:
+        logger.warning(
+            "%s: the teacher made no prediction for %d words; they get no soft target", records.source, missing
+        )
+    return TeacherTargets(torch.from_numpy(table), torch.from_numpy(offsets).long())
+
+
+def _row_order(encoded: Encoded) -> list[int]:
+    """Feature index of each row, for kinds with exactly one feature per row."""
+    if encoded.row_of_feature != list(range(len(encoded.records))):
+        raise ValueError("sequence tasks must have exactly one feature per row, in row order")
+    return list(range(len(encoded.features)))
+
+
+def cache_key(teacher: Teacher, records: Records, spec: TaskSpec, max_length: int) -> str:
+    """What the targets depend on: the teacher (folder, weight files' size and time, head), the rows
+    themselves (so a changed file, --max_train_samples or validation carve-out is a new key), the
+    columns and label names read, and the sequence length."""
+    folder = Path(teacher.path).resolve()
+    weights = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.iterdir()
+        if p.suffix in (".safetensors", ".bin", ".json") and not p.name.startswith("teacher_")  # not our caches
+    )
+    rows = hashlib.sha256()
+    for row in records.rows:
+        rows.update(json.dumps(row, sort_keys=True, default=str).encode())
+        rows.update(b"\n")
+    spec_fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "name"}
+    identity = {
+        "format": CACHE_FORMAT,
+        "teacher": str(folder),
+        "weights": weights,
+        "task": teacher.task,
+        "spec": spec_fields,
+        "max_length": max_length,
+        "rows": rows.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_teacher_targets(
+    teacher: Teacher,
+    records: Records,
+    spec: TaskSpec,
+    max_length: int,
+    cache_dir: str | Path | None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[TeacherTargets, str]:
+    """(targets, status): "hit" read from `cache_dir`, "written" computed and stored there, or
+    "memory" computed without a cache (`cache_dir` None)."""
+    if cache_dir is None:
+        return compute_teacher_targets(teacher, records, spec, max_length, batch_size, device, progress), "memory"
+    key = cache_key(teacher, records, spec, max_length)
+    path = Path(cache_dir) / f"teacher_{key}.safetensors"
+    if path.is_file():
+        targets = TeacherTargets.load(path)
+        if len(targets) == len(records):
+            return targets, "hit"
+        logger.warning("%s holds %d rows, expected %d; recomputing", path, len(targets), len(records))
+    targets = compute_teacher_targets(teacher, records, spec, max_length, batch_size, device, progress)
+    metadata = {"teacher": teacher.path, "task": str(teacher.task), "rows": str(len(records)), "source": records.source}
+    targets.save(path, metadata)
+    return targets, "written"
