@@ -17,52 +17,13 @@ Writes benchmarks/results/distill[_quick].json and prints a markdown table.
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data"))
+from _common import ROOT, TASKS, run_recipe
+
 MINILM, MPNET = "sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"
-TASKS = {
-    "trec": {
-        "metric": "accuracy",
-        "args": ["--train_file", str(DATA / "trec/train.jsonl"), "--test_file", str(DATA / "trec/test.jsonl")],
-    },
-    "conll2003": {
-        "metric": "f1",
-        "args": [
-            "--task_type",
-            "ner",
-            "--train_file",
-            str(DATA / "conll2003/eng.train"),
-            "--validation_file",
-            str(DATA / "conll2003/eng.testa"),
-            "--test_file",
-            str(DATA / "conll2003/eng.testb"),
-        ],
-    },
-}
-
-
-def run_system(recipe: str, args: list[str], output_dir: Path) -> dict:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "_run.py"),
-        str(ROOT / "recipes" / recipe),
-        *args,
-        "--output_dir",
-        str(output_dir),
-        "--disable_tqdm",
-        "true",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
-    return json.loads(line.removeprefix("BENCH_RESULT "))
 
 
 def test_inputs(task: str, limit: int | None) -> list:
@@ -230,7 +191,7 @@ def main() -> None:
                 print(f"running {task} / {name} ...", flush=True)
                 folders[name] = task_dir / folder_name(name)
                 flags = [*spec["args"], *common, *system.pop("flags")]
-                results = run_system(system.pop("recipe"), flags, folders[name])
+                results = run_recipe(system.pop("recipe"), flags, folders[name])
                 rows.append(
                     {
                         "task": task,

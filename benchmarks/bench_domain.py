@@ -12,43 +12,20 @@ initialisation and order. Writes benchmarks/results/domain[_quick].json and prin
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data")) / "amazon_multidomain"
+from _common import DATA, ROOT, run_recipe
+
+AMAZON = DATA / "amazon_multidomain"
 DIRECTIONS = [("books", "kitchen"), ("kitchen", "books")]
 METHODS = ["source_only", "dann", "target_only"]
 
 
 def run(source: str, target: str, method: str, seed: int, extra: list[str], output_dir: Path) -> dict:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "_run.py"),
-        str(ROOT / "recipes" / "domain_adapt.py"),
-        "--source_file",
-        str(DATA / f"{source}.jsonl"),
-        "--target_file",
-        str(DATA / f"{target}.jsonl"),
-        "--method",
-        method,
-        "--seed",
-        str(seed),
-        *extra,
-        "--output_dir",
-        str(output_dir),
-        "--disable_tqdm",
-        "true",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
-    return json.loads(line.removeprefix("BENCH_RESULT "))
+    args = ["--source_file", str(AMAZON / f"{source}.jsonl"), "--target_file", str(AMAZON / f"{target}.jsonl")]
+    return run_recipe("domain_adapt.py", [*args, "--method", method, "--seed", str(seed), *extra], output_dir)
 
 
 def main() -> None:

@@ -11,52 +11,14 @@ Writes benchmarks/results/lora[_quick].json and prints a markdown table.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data"))
-TASKS = {
-    "trec": {
-        "metric": "accuracy",
-        "args": ["--train_file", str(DATA / "trec/train.jsonl"), "--test_file", str(DATA / "trec/test.jsonl")],
-    },
-    "conll2003": {
-        "metric": "f1",
-        "args": [
-            "--task_type",
-            "ner",
-            "--train_file",
-            str(DATA / "conll2003/eng.train"),
-            "--validation_file",
-            str(DATA / "conll2003/eng.testa"),
-            "--test_file",
-            str(DATA / "conll2003/eng.testb"),
-        ],
-    },
-}
+from _common import ROOT, TASKS, run_recipe
 
 
 def run_system(task_args: list[str], system_args: list[str], output_dir: Path) -> dict:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "_run.py"),
-        str(ROOT / "recipes" / "finetune.py"),
-        *task_args,
-        *system_args,
-        "--output_dir",
-        str(output_dir),
-        "--disable_tqdm",
-        "true",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
-    results = json.loads(line.removeprefix("BENCH_RESULT "))
+    results = run_recipe("finetune.py", [*task_args, *system_args], output_dir)
     weights = output_dir / (
         "adapter_model.safetensors" if (output_dir / "adapter_model.safetensors").exists() else "model.safetensors"
     )

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, run_recipe
+
 sys.path.insert(0, str(ROOT))
 from nlptransfer import TASK_KINDS, MultiTaskModel  # noqa: E402
 from nlptransfer.readers import read_file  # noqa: E402
@@ -31,27 +31,9 @@ from nlptransfer.readers import read_file  # noqa: E402
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
 
 
-def run_recipe(config: Path, output_dir: Path, seed: int) -> dict:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "_run.py"),
-        str(ROOT / "recipes" / "mtl.py"),
-        "--config",
-        str(config),
-        "--compare_single_task",
-        "true",
-        "--output_dir",
-        str(output_dir),
-        "--seed",
-        str(seed),
-        "--disable_tqdm",
-        "true",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
-    return json.loads(line.removeprefix("BENCH_RESULT "))
+def run_mtl(config: Path, output_dir: Path, seed: int) -> dict:
+    args = ["--config", str(config), "--compare_single_task", "true", "--seed", str(seed)]
+    return run_recipe("mtl.py", args, output_dir)
 
 
 def serving_texts(config: dict, per_task: int) -> list[str]:
@@ -93,7 +75,7 @@ def main() -> None:
         scratch = Path(scratch)
         (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         print("training the multi-task model, then each task alone ...", flush=True)
-        results = run_recipe(scratch / "config.yaml", scratch / "mtl", args.seed)
+        results = run_mtl(scratch / "config.yaml", scratch / "mtl", args.seed)
         single = {
             name: json.loads((scratch / "mtl" / "single_task" / name / "all_results.json").read_text())
             for name in results["tasks"]

@@ -16,8 +16,6 @@ Writes benchmarks/results/transferability[_quick].json and prints markdown table
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import DATA, ROOT, run_recipe
+
 sys.path.insert(0, str(ROOT))
 from nlptransfer.config import DataArguments  # noqa: E402
 from nlptransfer.transferability import Candidate, kendall_tau_b, score_candidates  # noqa: E402
 
-DATA = Path(os.environ.get("NLPTRANSFER_DATA", ROOT.parent / "shared" / "data"))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CANDIDATES = [
     f"{MINILM}:layers=2",
@@ -71,29 +69,8 @@ def available(candidates: list[str]) -> tuple[list[str], list[dict]]:
 
 
 def fine_tune(folder: Path, task: dict, train_args: list[str], output_dir: Path) -> dict:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "_run.py"),
-        str(ROOT / "recipes" / "finetune.py"),
-        "--model_name_or_path",
-        str(folder),
-        "--task_type",
-        task["task_type"],
-        "--train_file",
-        str(task["train"]),
-        "--test_file",
-        str(task["test"]),
-        *train_args,
-        "--output_dir",
-        str(output_dir),
-        "--disable_tqdm",
-        "true",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
-    return json.loads(line.removeprefix("BENCH_RESULT "))
+    args = ["--model_name_or_path", str(folder), "--task_type", task["task_type"], "--train_file", str(task["train"])]
+    return run_recipe("finetune.py", [*args, "--test_file", str(task["test"]), *train_args], output_dir)
 
 
 def main() -> None:
