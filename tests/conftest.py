@@ -5,6 +5,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any HF import: tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -151,3 +152,25 @@ def run_script(path: str, args: list[str]) -> None:
     finally:
         sys.argv = saved
     assert exit_info.value.code == 0
+
+
+@contextlib.contextmanager
+def killed_at_batch(n: int):
+    """Inside the block, the Trainer raises KeyboardInterrupt on its n-th training batch, as a killed
+    run would stop; the block must end with that interrupt. The Trainer is restored afterwards."""
+    from nlptransfer.training import Trainer
+
+    original, calls = Trainer.compute_loss, {"n": 0}
+
+    def dies_at_batch_n(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batch)
+
+    Trainer.compute_loss = dies_at_batch_n
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Trainer.compute_loss = original

@@ -12,7 +12,7 @@ import torch
 
 from nlptransfer import ConfigError, TaskSpec
 
-from conftest import REPO, VOCAB, recipe_args, run_script, tiny_bert_config
+from conftest import REPO, VOCAB, killed_at_batch, recipe_args, run_script, tiny_bert_config
 
 RECIPE = str(REPO / "recipes" / "distill.py")
 FINETUNE = str(REPO / "recipes" / "finetune.py")
@@ -450,26 +450,14 @@ def test_hidden_and_attention_matching_run_with_a_live_teacher(tiny_model, cls_t
     assert not list((tmp_path / "live").glob("teacher_cache"))
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tiny_model, ner_teacher, ner_files, tmp_path, monkeypatch):
+def test_kill_and_resume_matches_uninterrupted_run(tiny_model, ner_teacher, ner_files, tmp_path):
     from safetensors.torch import load_file
-
-    from nlptransfer.training import Trainer
 
     common = ["--task_type", "ner", "--student_layers", "0", "--max_steps", "12", "--checkpointing_steps", "5"]
     full = run(RECIPE, distill_args(ner_teacher, tiny_model, ner_files, tmp_path / "full", *common))
-    original, calls = Trainer.compute_loss, {"n": 0}
-
-    def dies_at_batch_8(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "compute_loss", dies_at_batch_8)
     out = tmp_path / "killed"
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_batch(8):
         run(RECIPE, distill_args(ner_teacher, tiny_model, ner_files, out, *common))
-    monkeypatch.setattr(Trainer, "compute_loss", original)
     resumed = run(
         RECIPE, distill_args(ner_teacher, tiny_model, ner_files, out, *common, "--resume_from_checkpoint", "latest")
     )

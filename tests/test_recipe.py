@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, recipe_args, run_script
+from conftest import REPO, killed_at_batch, recipe_args, run_script
 
 RECIPE = str(REPO / "recipes" / "finetune.py")
 
@@ -87,27 +87,14 @@ def test_ner_from_conll_file_learns_and_tags_words(tiny_model, ner_files, tmp_pa
     assert tags.get("anna") == "B-PER" and tags.get("rome") == "B-LOC"
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tiny_model, cls_files, tmp_path, monkeypatch):
-    from nlptransfer.training import Trainer
-
+def test_kill_and_resume_matches_uninterrupted_run(tiny_model, cls_files, tmp_path):
     common = [*FAST, "--max_steps", "20", "--checkpointing_steps", "5", "--eval_strategy", "steps", "--eval_steps", "4"]
     full = run_recipe(recipe_args(tiny_model, cls_files, tmp_path / "full", *common))
 
-    original = Trainer.compute_loss
-    calls = {"n": 0}
-
-    def dies_at_batch_8(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "compute_loss", dies_at_batch_8)
     out = tmp_path / "killed"
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_batch(8):
         run_recipe(recipe_args(tiny_model, cls_files, out, *common))
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_5"]  # 24 batches/epoch: mid-epoch
-    monkeypatch.setattr(Trainer, "compute_loss", original)
 
     resumed = run_recipe(recipe_args(tiny_model, cls_files, out, *common, "--resume_from_checkpoint", "latest"))
     for key in ("test_accuracy", "test_loss", "eval_accuracy", "eval_loss"):
