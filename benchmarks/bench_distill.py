@@ -1,6 +1,6 @@
 """Distillation on TREC-6 and CoNLL-2003: smaller students vs their teacher, side by side in one run.
 
-    python benchmarks/bench_distill.py            # full data (hours on 2 CPU cores)
+    python benchmarks/bench_distill.py --workdir runs/bench_distill   # full data (hours on 2 CPU cores)
     python benchmarks/bench_distill.py --quick    # 300 training examples, 1 epoch: a smoke run
 
 Per task: MiniLM (6 layers) fine-tuned is the teacher; students of 2 and 3 layers cut from it
@@ -11,7 +11,9 @@ labels-only baseline. Every system trains in its own process (`_run.py`); the te
 computed once per task and shared through one cache. Inference throughput of every saved model is
 then measured here, in one process, on the same test texts (tokenized, batches of 64, best of
 `--rounds`, round-robin over models so background load hits all alike).
-Writes benchmarks/results/distill[_quick].json and prints a markdown table.
+With `--workdir`, a system whose folder already holds its result (`bench_row.json`) is not trained
+again, so a long run can be split (`--skip_mpnet` first, then again without it) or resumed.
+Writes benchmarks/results/distill[_quick].json after every system and prints a markdown table.
 """
 
 import argparse
@@ -96,7 +98,14 @@ def plan(task_dir: Path, args) -> list[dict]:
             "training": "labels",
         }
     ]
-    cut = ["--teacher_name_or_path", str(task_dir / folder_name(minilm)), "--learning_rate", str(args.student_lr)]
+    cut = [
+        "--teacher_name_or_path",
+        str(task_dir / folder_name(minilm)),
+        "--learning_rate",
+        str(args.student_lr),
+        "--num_train_epochs",
+        str(args.student_epochs or args.epochs),
+    ]
     for layers in args.student_layers:
         n, init = len(layers.split(",")), f"teacher layers {layers}"
         common = {"layers": n, "init": init, "teacher": minilm, "recipe": "distill.py"}
@@ -122,7 +131,14 @@ def plan(task_dir: Path, args) -> list[dict]:
             {
                 "model": mpnet,
                 "recipe": "finetune.py",
-                "flags": ["--model_name_or_path", MPNET, "--learning_rate", str(args.mpnet_lr)],
+                "flags": [
+                    "--model_name_or_path",
+                    MPNET,
+                    "--learning_rate",
+                    str(args.mpnet_lr),
+                    "--num_train_epochs",
+                    str(args.mpnet_epochs or args.epochs),
+                ],
                 "layers": 12,
                 "init": "pretrained",
                 "training": "labels",
@@ -152,6 +168,22 @@ def plan(task_dir: Path, args) -> list[dict]:
     return systems
 
 
+def write(output: Path, quick: bool, rows: list[dict]) -> dict:
+    """Write the rows so far and the targets they meet (throughput fields come once a task is done)."""
+    smallest = [r for r in rows if r["training"] == "distilled" and r["layers"] == 2 and "speedup_vs_teacher" in r]
+    targets = {
+        "2-layer distilled keeps >= 97% of the teacher at >= 2.5x throughput": {
+            r["task"]: (r["retained_percent"] or 0) >= 97 and r["speedup_vs_teacher"] >= 2.5 for r in smallest
+        },
+        "distillation beats labels-only by >= 1 point on some task": any(
+            r.get("delta_vs_labels_only_points", 0) >= 1 for r in rows
+        ),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"quick": quick, "targets": targets, "rows": rows}, indent=2) + "\n")
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 training examples, 1 epoch")
@@ -161,6 +193,12 @@ def main() -> None:
     parser.add_argument("--teacher_lr", type=float, default=1e-4, help="MiniLM teacher (the recipe's default)")
     parser.add_argument("--mpnet_lr", type=float, default=5e-5, help="all-mpnet-base-v2 teacher")
     parser.add_argument("--student_lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--student_epochs", type=float, default=None, help="epochs of the cut students (default: --epochs)"
+    )
+    parser.add_argument(
+        "--mpnet_epochs", type=float, default=None, help="epochs of the mpnet teacher (default: --epochs)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the soft-target loss")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument(
@@ -175,11 +213,14 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="keep every model here (default: a temporary folder)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    common = ["--seed", str(args.seed), "--num_train_epochs", "1" if args.quick else str(args.epochs)]
+    if args.quick:
+        args.epochs, args.student_epochs, args.mpnet_epochs = 1, None, None
+    common = ["--seed", str(args.seed), "--num_train_epochs", str(args.epochs)]
     if args.cpu_threads:
         common += ["--cpu_threads", str(args.cpu_threads)]
     if args.quick:
         common += ["--max_train_samples", "300", "--max_eval_samples", "300", "--max_test_samples", "300"]
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"distill{'_quick' if args.quick else ''}.json")
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as scratch:
@@ -188,8 +229,13 @@ def main() -> None:
             folders = {}
             for system in plan(task_dir, args):
                 name = system["model"]
-                print(f"running {task} / {name} ...", flush=True)
                 folders[name] = task_dir / folder_name(name)
+                done = folders[name] / "bench_row.json"
+                if done.exists():
+                    print(f"{task} / {name}: already trained in {folders[name]}", flush=True)
+                    rows.append(json.loads(done.read_text()))
+                    continue
+                print(f"running {task} / {name} ...", flush=True)
                 flags = [*spec["args"], *common, *system.pop("flags")]
                 results = run_recipe(system.pop("recipe"), flags, folders[name])
                 rows.append(
@@ -206,6 +252,8 @@ def main() -> None:
                         **system,
                     }
                 )
+                done.write_text(json.dumps(rows[-1], indent=2) + "\n")
+                write(output, args.quick, rows)
 
             print(f"measuring inference throughput on {task} ...", flush=True)
             speed = throughput(folders, test_inputs(task, 300 if args.quick else None), args.rounds, args.cpu_threads)
@@ -217,19 +265,8 @@ def main() -> None:
                 row["speedup_vs_teacher"] = row["examples_per_second"] / teacher["examples_per_second"]
                 if row.get("baseline"):
                     row["delta_vs_labels_only_points"] = 100 * (row["score"] - by_name[row["baseline"]]["score"])
+            targets = write(output, args.quick, rows)
 
-    smallest = [r for r in rows if r["training"] == "distilled" and r["layers"] == 2]
-    targets = {
-        "2-layer distilled keeps >= 97% of the teacher at >= 2.5x throughput": {
-            r["task"]: (r["retained_percent"] or 0) >= 97 and r["speedup_vs_teacher"] >= 2.5 for r in smallest
-        },
-        "distillation beats labels-only by >= 1 point on some task": any(
-            r.get("delta_vs_labels_only_points", 0) >= 1 for r in rows
-        ),
-    }
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"distill{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"quick": args.quick, "targets": targets, "rows": rows}, indent=2) + "\n")
     print(
         "\n| task | model | layers | init | test score | % of teacher | Δ vs labels only | parameters | examples/s | speed-up |"
     )

@@ -253,6 +253,12 @@ class Trainer:
         )
         return True
 
+    def paused(self, work: Callable[[], object]) -> None:
+        """Run `work` (an evaluation, a checkpoint) and count its time apart from the training steps."""
+        start = time.perf_counter()
+        work()
+        self.pause_seconds += time.perf_counter() - start
+
     def should_stop(self) -> bool:
         patience = self.args.early_stopping_patience
         return bool(patience) and self.state.evals_without_improvement >= patience
@@ -277,6 +283,7 @@ class Trainer:
             desc="train",
         )
         start, examples, stop = time.perf_counter(), 0, state.step >= self.max_steps
+        self.pause_seconds = 0.0  # evaluation and checkpoints inside the loop: not training steps
         self.model.train()
         while not stop:
             self.train_loader.set_epoch(state.epoch)
@@ -308,10 +315,10 @@ class Trainer:
                     accelerator.log(logs, step=state.step)
                     progress.set_postfix(loss=f"{loss.item():.4f}")
                 if args.eval_strategy == "steps" and state.step % args.eval_steps == 0:
-                    self.run_evaluation()
+                    self.paused(self.run_evaluation)
                     stop = self.should_stop()
                 if every and state.step % every == 0:
-                    self.save_checkpoint()
+                    self.paused(self.save_checkpoint)
                 if stop or state.step >= self.max_steps:
                     stop = True
                     break
@@ -319,10 +326,10 @@ class Trainer:
                 state.epoch += 1
                 state.batches_in_epoch = 0
                 if args.eval_strategy == "epoch":
-                    self.run_evaluation()
+                    self.paused(self.run_evaluation)
                     stop = stop or self.should_stop()
                 if args.checkpointing_steps == "epoch":
-                    self.save_checkpoint()
+                    self.paused(self.save_checkpoint)
         progress.close()
         runtime = time.perf_counter() - start
         if self.should_stop():
@@ -331,6 +338,7 @@ class Trainer:
             self.run_evaluation()  # the final model is always evaluated once, so selection sees it
         return {
             "train_runtime": runtime,
+            "train_step_runtime": runtime - self.pause_seconds,  # without evaluations and checkpoints
             "train_samples_per_second": examples / runtime if runtime else 0.0,
             "train_steps_per_second": state.step / runtime if runtime else 0.0,
             "train_loss": state.train_loss_sum / max(state.train_loss_count, 1),
