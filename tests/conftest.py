@@ -84,15 +84,8 @@ def tiny_bert_config(**overrides):
     """Hidden 32, 2 layers: big enough to learn the toy tasks in a few dozen steps, small enough to be instant."""
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        **overrides,
-    )
+    settings = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    return BertConfig(**{**settings, "intermediate_size": 37, "max_position_embeddings": 64, **overrides})
 
 
 @pytest.fixture(scope="session")

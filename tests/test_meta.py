@@ -18,7 +18,7 @@ from nlptransfer.meta import (
     prototype_accuracy,
 )
 
-from conftest import REPO, make_classification_rows, recipe_args, run_script, write_jsonl
+from conftest import REPO, make_classification_rows, recipe_args, run_script, tiny_bert_config, write_jsonl
 
 # Keyword classes: a text is one class keyword among filler words. Held-out classes have keywords the
 # encoder never saw in meta-training; what transfers is learning to ignore the fillers.
@@ -39,18 +39,11 @@ def keyword_rows(per_class: int, seed: int, fillers: int = 6) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def keyword_model(tmp_path_factory) -> str:
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from transformers import BertModel, BertTokenizer
 
     folder = tmp_path_factory.mktemp("keyword-bert")
     BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)}).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=32,
-    )
+    config = tiny_bert_config(vocab_size=len(VOCAB), max_position_embeddings=32)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return str(folder)
