@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from nlptransfer.batching import PaddingCollator, eval_dataloader
 from nlptransfer.config import ConfigError, ModelArguments
 from nlptransfer.data import encode_splits, load_splits
+from nlptransfer.meta import mean_pool
 from nlptransfer.modeling import load_tokenizer
 from nlptransfer.readers import Records
 from nlptransfer.resolve import load_error, resolve_model
@@ -372,8 +373,7 @@ def extract_features(
         inputs = {key: value for key, value in batch.items() if key in accepted}
         hidden = model(**inputs).last_hidden_state.float()
         if task_kind.head == "sequence":
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            pooled = mean_pool(hidden, batch["attention_mask"])
             for i, row, label in zip(index, pooled.numpy(), labels.numpy()):
                 by_index[i] = (row[None, :], np.asarray([label]))
         else:
