@@ -95,6 +95,7 @@ def train_starts(args, workdir: Path, meta_train: list[str], meta_test: list[str
 
 def evaluate_start(start: dict, args, records, meta_test: list[str], cache: Path) -> list[dict]:
     """Per shot: the accuracy of every meta-test episode, fine-tuned and as a frozen prototype classifier."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     from nlptransfer import resolve_model
@@ -105,6 +106,7 @@ def evaluate_start(start: dict, args, records, meta_test: list[str], cache: Path
     encoder, info = AutoModel.from_pretrained(path, output_loading_info=True)
     if info["missing_keys"]:  # e.g. a classifier folder whose encoder weights did not map: a random start
         raise RuntimeError(f"{path}: encoder weights missing: {info['missing_keys'][:5]}")
+    encoder.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # like recipes/meta.py's start_meta_run
     tokenizer = AutoTokenizer.from_pretrained(path)
     pool = ClassPool.from_records(records, tokenizer, args.max_seq_length, label_column="fine_label").subset(meta_test)
     learner = EpisodeLearner(encoder, pool)
