@@ -25,6 +25,7 @@ from nlptransfer.distill import DistillArguments, load_teacher, student_from_tea
 from nlptransfer.distill_losses import kd_loss
 from nlptransfer.distill_model import DistillationModel
 from nlptransfer.evaluation import evaluate, predict_logits, prefixed
+from nlptransfer.fusion import FusionArguments, apply_fusion, fold_fusion
 from nlptransfer.heads import HEADS
 from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.metrics import classification_metrics, ner_metrics
@@ -55,6 +56,7 @@ __all__ = [
     "DistillationModel",
     "Encoded",
     "EpochSampler",
+    "FusionArguments",
     "HEADS",
     "LOSS_WEIGHTINGS",
     "LoraArgs",
@@ -74,6 +76,7 @@ __all__ = [
     "Trainer",
     "TransferArguments",
     "apply_adapter",
+    "apply_fusion",
     "build_optimizer",
     "build_scheduler",
     "carve_validation",
@@ -84,6 +87,7 @@ __all__ = [
     "encoder_adapter_config",
     "eval_dataloader",
     "evaluate",
+    "fold_fusion",
     "head_modules",
     "kd_loss",
     "load_adapter_model",

@@ -29,10 +29,11 @@ def load_model_for_task(model_args, spec: TaskSpec) -> PreTrainedModel:
     problem_type); a head of another size is replaced."""
     path = resolve_model(model_args.model_name_or_path)
     common = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    attention = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     kind = TASK_KINDS[spec.kind]
     try:
         config = AutoConfig.from_pretrained(path, **kind.model_config(spec), **common)
-        return kind.auto_model.from_pretrained(path, config=config, ignore_mismatched_sizes=True, **common)
+        return kind.auto_model.from_pretrained(path, config=config, ignore_mismatched_sizes=True, **common, **attention)
     except OSError as err:
         raise load_error(model_args.model_name_or_path, err) from err
 

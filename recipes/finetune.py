@@ -15,6 +15,7 @@ import sys
 from functools import partial
 
 from nlptransfer import (
+    ConfigError,
     DataArguments,
     LoraArgs,
     ModelArguments,
@@ -43,15 +44,18 @@ from nlptransfer import (
     total_steps,
     train_dataloader,
 )
+from nlptransfer.fusion import FusionArguments, apply_fusion, fold_fusion, mean_fusion_weights
 from nlptransfer.hub import push_run
 from nlptransfer.strategies import L2SP, apply_strategies, gradual_unfreezing
 from nlptransfer.tasks import TASK_KINDS
 
 
 def main(argv=None):
-    model_args, data_args, args, lora_args, transfer_args = parse_args(
-        ModelArguments, DataArguments, TrainArguments, LoraArgs, TransferArguments, args=argv
+    model_args, data_args, args, lora_args, transfer_args, fusion_args = parse_args(
+        ModelArguments, DataArguments, TrainArguments, LoraArgs, TransferArguments, FusionArguments, args=argv
     )
+    if fusion_args.enabled and lora_args.enabled:
+        raise ConfigError("--source_adapters (fusion of trained adapters) cannot be combined with --peft")
     check_output_dir(args.output_dir, args)
     accelerator = start_run(args)
 
@@ -67,6 +71,7 @@ def main(argv=None):
     model = load_model_for_task(model_args, spec)
     if lora_args.enabled:  # adapters train; the encoder stays frozen, the head trains and is saved with them
         model = apply_adapter(model, lora_args, spec.kind, model_args.model_name_or_path)
+    fusion = apply_fusion(model, fusion_args, model_args.model_name_or_path) if fusion_args.enabled else {}
     apply_strategies(model, transfer_args)  # --freeze / --freeze_layers, before the optimizer sees the weights
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
@@ -116,9 +121,14 @@ def main(argv=None):
         results.update(prefixed(evaluate_split(), "eval" if split == "validation" else "test"))
 
     results.update(trainable_parameters=trainable, total_parameters=total)
+    if fusion:  # the learned mix is folded into plain weights: the saved model is an ordinary folder
+        results.update(fusion, fusion_mean_weights=mean_fusion_weights(accelerator.unwrap_model(model)))
+        fold_fusion(accelerator.unwrap_model(model))
     save_run(accelerator, args.output_dir, model, tokenizer, results, spec, model_args.model_name_or_path)
     if accelerator.is_main_process:
-        save_config(f"{args.output_dir}/run_config.yaml", model_args, data_args, args, lora_args, transfer_args)
+        save_config(
+            f"{args.output_dir}/run_config.yaml", model_args, data_args, args, lora_args, transfer_args, fusion_args
+        )
         if lora_args.enabled and lora_args.merge:
             merge_adapter(accelerator.unwrap_model(model)).save_pretrained(f"{args.output_dir}/merged")
             tokenizer.save_pretrained(f"{args.output_dir}/merged")

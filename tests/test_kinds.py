@@ -336,3 +336,18 @@ def test_recipe_pair_classification_end_to_end(tiny_model, tmp_path, batch_losse
     assert results["eval_accuracy"] >= 0.8 and "eval_f1" in results  # chance is 1/3
     saved = json.loads((out / "nlptransfer_task.json").read_text())
     assert saved["task_type"] == "pair_classification" and saved["labels"] == ["food", "sport", "tech"]
+
+
+def test_attention_kernel_is_chosen_by_flag_and_gives_the_same_outputs(tiny_model, tokenizer):
+    from nlptransfer.modeling import load_model_for_task
+
+    spec = TaskSpec(kind="classification", labels=["a", "b", "c"])
+    batch = tokenizer(["the goal team", "a new chip today in paris"], padding=True, return_tensors="pt")
+    logits = {}
+    for kernel in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = load_model_for_task(ModelArguments(model_name_or_path=tiny_model, attn_implementation=kernel), spec)
+        assert model.config._attn_implementation == kernel
+        with torch.no_grad():
+            logits[kernel] = model.eval()(**batch).logits
+    assert torch.allclose(logits["sdpa"], logits["eager"], atol=1e-5)  # same math, another kernel

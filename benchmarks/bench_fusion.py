@@ -1,0 +1,178 @@
+"""Multi-source transfer with LoRA adapters: do adapters trained on other tasks help a low-data target?
+
+    python benchmarks/bench_fusion.py --workdir runs/bench_fusion     # sources once, 3 seeds per target system
+    python benchmarks/bench_fusion.py --quick                         # tiny budgets: a smoke run
+
+Sources: one LoRA adapter each (`recipes/finetune.py --peft lora`, seed 42) on TREC-6, SST-2 (first
+--source_rows rows), AG News (the 10k training subset, descriptions only) and MRPC (pairs).
+Targets: SST-2 with --sst2_rows training rows sampled by --data_seed (scored on GLUE dev; the SST-2
+source is left out here, since it was trained on this very task), and RTE (2,490 pairs, scored on
+dev; every source). Systems per target, each with --seeds:
+  head only (no source)   frozen pretrained encoder, only a new head trains (--freeze encoder)
+  LoRA (no source)        a fresh LoRA adapter + head trained on the target alone (the usual route)
+  single: <source>        that source's adapter folded in, frozen; only a new head trains
+  merge (uniform)         every source folded in with weight 1/n (peft's add_weighted_adapter, cat)
+  learned fusion          per-layer learned mix over the frozen sources + head (--fusion learned)
+Deltas are against "head only (no source)", which trains the same parameters as the source-based systems;
+a negative mean delta is flagged as negative transfer. Writes benchmarks/results/fusion[_quick].json as it
+goes and prints a markdown table per target.
+"""
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from _common import DATA, ROOT, run_recipe
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+PAIR = ["--task_type", "pair_classification", "--text_column_name", "text_a", "--text_pair_column_name", "text_b"]
+SOURCES = {
+    "trec": ["--train_file", str(DATA / "trec/train.jsonl")],
+    "sst2": ["--train_file", str(DATA / "sst2/train.jsonl")],
+    "ag_news": ["--train_file", str(DATA / "ag_news/train_subset10k_alps.jsonl")],
+    "mrpc": [*PAIR, "--train_file", str(DATA / "mrpc/train.jsonl")],
+}
+
+
+def target_tasks(args, workdir: Path) -> dict:
+    """name -> (flags, sources used): SST-2 with a seeded sample of rows, RTE as it is."""
+    rows = [json.loads(line) for line in (DATA / "sst2/train.jsonl").read_text().splitlines()]
+    sample = random.Random(args.data_seed).sample(rows, args.sst2_rows)
+    sst2_small = workdir / "data" / f"sst2_{args.sst2_rows}_seed{args.data_seed}.jsonl"
+    sst2_small.parent.mkdir(parents=True, exist_ok=True)
+    sst2_small.write_text("".join(json.dumps(row) + "\n" for row in sample))
+    rte = [*PAIR, "--train_file", str(DATA / "rte/train.jsonl"), "--test_file", str(DATA / "rte/validation.jsonl")]
+    rte += ["--num_train_epochs", str(args.rte_epochs)]
+    if args.quick:
+        rte += ["--max_train_samples", "64", "--max_test_samples", "64"]
+    sst2 = ["--train_file", str(sst2_small), "--test_file", str(DATA / "sst2/validation.jsonl")]
+    sst2 += ["--num_train_epochs", str(args.sst2_epochs)]
+    if args.quick:
+        sst2 += ["--max_test_samples", "64"]
+    return {
+        f"sst2 ({args.sst2_rows} rows)": (sst2, [s for s in args.sources if s != "sst2"]),
+        "rte": (rte, list(args.sources)),
+    }
+
+
+def train_sources(args, workdir: Path) -> dict[str, Path]:
+    budget = ["--max_train_samples", str(args.source_rows)] if args.source_rows else []
+    flags = ["--model_name_or_path", MINILM, "--peft", "lora", "--learning_rate", str(args.lora_lr)]
+    flags += ["--num_train_epochs", str(args.source_epochs), "--seed", "42", "--max_seq_length", "128"]
+    folders = {}
+    for name in args.sources:
+        folder = workdir / "sources" / name
+        if not (folder / "adapter_model.safetensors").is_file():
+            print(f"training source adapter {name} ...", flush=True)
+            started = time.perf_counter()
+            run_recipe("finetune.py", [*SOURCES[name], *flags, *budget], folder)
+            print(f"  {time.perf_counter() - started:.0f} s", flush=True)
+        folders[name] = folder
+    return folders
+
+
+def systems(sources: list[str], folders: dict[str, Path], args) -> dict[str, list[str]]:
+    head = ["--learning_rate", str(args.head_lr)]
+    result = {
+        "head only (no source)": ["--freeze", "encoder", *head],
+        "LoRA (no source)": ["--peft", "lora", "--learning_rate", str(args.lora_lr)],
+    }
+    for name in sources:
+        result[f"single: {name}"] = ["--source_adapters", str(folders[name]), "--fusion", "merge", *head]
+    every = [str(folders[name]) for name in sources]
+    result["merge (uniform)"] = ["--source_adapters", *every, "--fusion", "merge", *head]
+    result["learned fusion"] = ["--source_adapters", *every, "--fusion", "learned", *head]
+    return result
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["target"], row["system"]), []).append(row["accuracy"])
+    summary = []
+    for (target, system), scores in groups.items():
+        entry = {"target": target, "system": system, "accuracy": statistics.fmean(scores), "scores": scores}
+        entry["std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        summary.append(entry)
+    for entry in summary:
+        base = next(s for s in summary if s["target"] == entry["target"] and s["system"] == "head only (no source)")
+        entry["delta_points"] = 100 * (entry["accuracy"] - base["accuracy"])
+        entry["negative_transfer"] = entry["system"] != base["system"] and entry["delta_points"] < 0
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 source rows, 1 epoch, 1 seed: a smoke run")
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--source_rows", type=int, default=10000, help="first N training rows of each source")
+    parser.add_argument("--source_epochs", type=float, default=3)
+    parser.add_argument("--sst2_rows", type=int, default=500)
+    parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--sst2_epochs", type=float, default=10, help="the small SST-2 target (500 rows: 160 steps)")
+    parser.add_argument("--rte_epochs", type=float, default=3)
+    parser.add_argument("--head_lr", type=float, default=2e-3, help="systems that train only a head (+ mix)")
+    parser.add_argument("--lora_lr", type=float, default=2e-3, help="the LoRA adapters (sources and no-source)")
+    parser.add_argument("--workdir", default=None, help="keep sources and runs here; finished ones are reused")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.source_rows, args.source_epochs, args.seeds, args.sst2_epochs, args.rte_epochs = (
+            64,
+            1,
+            args.seeds[:1],
+            1,
+            1,
+        )
+        args.sst2_rows = min(args.sst2_rows, 64)
+    workdir = Path(args.workdir or ROOT / "runs" / f"bench_fusion{'_quick' if args.quick else ''}")
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"fusion{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    folders = train_sources(args, workdir)
+    rows = []
+    for target, (flags, sources) in target_tasks(args, workdir).items():
+        for seed in args.seeds:
+            for system, extra in systems(sources, folders, args).items():
+                folder = workdir / "runs" / target.split()[0] / system.replace(" ", "_").replace(":", "") / str(seed)
+                done = folder / "bench_row.json"
+                if done.exists():
+                    rows.append(json.loads(done.read_text()))
+                    continue
+                print(f"{target} / {system} / seed {seed} ...", flush=True)
+                common = ["--model_name_or_path", MINILM, "--seed", str(seed), "--max_seq_length", "128"]
+                common += ["--per_device_train_batch_size", "32"]
+                results = run_recipe("finetune.py", [*flags, *common, *extra], folder)
+                row = {
+                    "target": target,
+                    "system": system,
+                    "seed": seed,
+                    "accuracy": results["test_accuracy"],
+                    "trainable_parameters": results["trainable_parameters"],
+                    "fusion_mean_weights": results.get("fusion_mean_weights"),
+                    "train_runtime_s": results["train_runtime"],
+                }
+                done.write_text(json.dumps(row, indent=2) + "\n")
+                rows.append(row)
+                print(f"  accuracy {row['accuracy']:.4f}", flush=True)
+                output.write_text(
+                    json.dumps({"settings": vars(args), "summary": summarise(rows), "rows": rows}, indent=2)
+                )
+
+    summary = summarise(rows)
+    output.write_text(json.dumps({"settings": vars(args), "summary": summary, "rows": rows}, indent=2) + "\n")
+    for target in dict.fromkeys(entry["target"] for entry in summary):
+        print(f"\n{target}: accuracy on the target's test/dev set, mean ± std over seeds {args.seeds}")
+        print("| system | accuracy | delta vs head only (points) | negative transfer |\n|---|---|---|---|")
+        for s in (s for s in summary if s["target"] == target):
+            flag = "**yes**" if s["negative_transfer"] else ""
+            print(f"| {s['system']} | {s['accuracy']:.4f} ± {s['std']:.4f} | {s['delta_points']:+.1f} | {flag} |")
+    print(f"\nwritten to {output}")
+
+
+if __name__ == "__main__":
+    main()
