@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -378,7 +377,8 @@ def start_meta_run(args: MetaArguments) -> torch.device:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if not torch.cuda.is_available():
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(args.cpu_threads or cores)
+        from nlptransfer.training import cpu_cores
+
+        torch.set_num_threads(args.cpu_threads or cpu_cores())
         return torch.device("cpu")
     return torch.device("cuda")

@@ -56,8 +56,12 @@ def set_cpu_threads(accelerator: Accelerator, threads: int | None = None) -> Non
     """
     if accelerator.device.type != "cpu":
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads or max(1, cores // accelerator.num_processes))
+    torch.set_num_threads(threads or max(1, cpu_cores() // accelerator.num_processes))
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def start_run(args) -> Accelerator:
