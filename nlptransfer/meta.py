@@ -30,6 +30,7 @@ from torch import nn
 
 from nlptransfer.config import ConfigError
 from nlptransfer.episodes import ClassPool, Episode
+from nlptransfer.training import cpu_cores
 
 META_FILE = "nlptransfer_meta.json"
 
@@ -377,8 +378,6 @@ def start_meta_run(args: MetaArguments) -> torch.device:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if not torch.cuda.is_available():
-        from nlptransfer.training import cpu_cores
-
         torch.set_num_threads(args.cpu_threads or cpu_cores())
         return torch.device("cpu")
     return torch.device("cuda")
