@@ -146,7 +146,7 @@ def test_recipe_transfers_from_a_trained_lora_source(tiny_model, cls_files, tmp_
     source = tmp_path / "source"
     run_recipe(recipe_args(tiny_model, cls_files, source, *LORA, "--num_train_epochs", "6"))
     out = tmp_path / "fused"
-    head_only = ["--learning_rate", "5e-3", "--per_device_train_batch_size", "16", "--num_train_epochs", "4"]
+    head_only = ["--learning_rate", "1e-2", "--per_device_train_batch_size", "16", "--num_train_epochs", "6"]
     results = run_recipe(recipe_args(tiny_model, cls_files, out, *head_only, "--source_adapters", str(source)))
     assert results["fusion"] == "learned" and len(results["fusion_mean_weights"]) == 1
     assert results["trainable_parameters"] < 1000  # head + mixing logits only
