@@ -62,13 +62,16 @@ def num_layers(model: nn.Module) -> int:
     return len(layer_groups(model)) - 2
 
 
-def freeze(model: nn.Module, encoder: bool = False, bottom_layers: int = 0) -> int:
-    """Stop gradients to the whole encoder (`encoder=True`: feature extraction, only heads train) or
-    to the embeddings and the bottom `bottom_layers` layers. Returns how many parameters froze."""
+def freeze(model: nn.Module, encoder: bool = False, bottom_layers: int = 0, word_embeddings: bool = False) -> int:
+    """Stop gradients to the whole encoder (`encoder=True`: feature extraction, only heads train), to
+    the embeddings and the bottom `bottom_layers` layers, and/or to the token embedding matrix alone
+    (`word_embeddings=True`). Returns how many parameters froze."""
     groups = layer_groups(model)
     if bottom_layers > len(groups) - 2:
         raise ConfigError(f"--freeze_layers {bottom_layers}: the encoder has only {len(groups) - 2} layers")
     frozen = groups[:-1] if encoder else groups[: bottom_layers + 1] if bottom_layers else []
+    if word_embeddings:
+        frozen = [*frozen, [encoder_module(model).get_input_embeddings().weight]]
     count = 0
     for params in frozen:
         for param in params:
@@ -235,8 +238,13 @@ class FeatureCache:
 def apply_strategies(model: nn.Module, transfer) -> FeatureCache | None:
     """Freeze what `transfer` (TransferArguments) asks for, before the optimizer is built; returns the
     feature cache when the encoder is frozen and caching is on."""
-    if transfer.freeze == "encoder" or transfer.freeze_layers:
-        freeze(model, encoder=transfer.freeze == "encoder", bottom_layers=transfer.freeze_layers)
+    if transfer.freeze != "none" or transfer.freeze_layers:
+        freeze(
+            model,
+            encoder=transfer.freeze == "encoder",
+            bottom_layers=transfer.freeze_layers,
+            word_embeddings=transfer.freeze == "word_embeddings",
+        )
     if transfer.freeze == "encoder" and transfer.cache_features:
         return FeatureCache(encoder_module(model))
     return None

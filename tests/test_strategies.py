@@ -20,7 +20,7 @@ from nlptransfer.strategies import (
     layer_groups,
 )
 
-from conftest import REPO, recipe_args, run_script
+from conftest import REPO, VOCAB, recipe_args, run_script
 
 RECIPE = str(REPO / "recipes" / "finetune.py")
 FAST = ["--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--eval_strategy", "no"]
@@ -184,6 +184,17 @@ def test_recipe_freeze_layers_and_gradual_unfreezing_leave_frozen_weights_unchan
     changed = encoder_and_head_change(tiny_model, out)
     assert not any(v for n, v in changed.items() if "embeddings" in n or ".layer.0." in n)
     assert all(v for n, v in changed.items() if ".layer.1." in n and "weight" in n)
+
+
+def test_recipe_freeze_word_embeddings_keeps_only_the_token_embeddings(tiny_model, cls_files, tmp_path):
+    out = tmp_path / "words"
+    args = [*FAST, "--max_steps", "6", "--freeze", "word_embeddings"]
+    results = run_recipe(recipe_args(tiny_model, cls_files, out, *args))
+    changed = encoder_and_head_change(tiny_model, out)
+    assert changed["bert.embeddings.word_embeddings.weight"] is False  # exactly as pretrained
+    assert all(v for n, v in changed.items() if n != "bert.embeddings.word_embeddings.weight" and "weight" in n)
+    total = results["total_parameters"]
+    assert results["trainable_parameters"] == total - len(VOCAB) * 32  # the 32-wide token matrix only
 
 
 def test_recipe_l2sp_keeps_weights_closer_to_pretrained(tiny_model, cls_files, tmp_path):
