@@ -210,6 +210,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument(
+        "--examples_seeds", nargs="+", type=int, default=None, help="seeds of Trainer (examples) (default: --seeds)"
+    )
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4, help="nlptransfer's default, chosen on TREC validation")
@@ -233,6 +236,8 @@ def main() -> None:
             real_tokens, flops = sum(lengths), train_flops_per_epoch(lengths)
             for seed in args.seeds:
                 for system in args.systems:
+                    if system == "Trainer (examples)" and seed not in (args.examples_seeds or args.seeds):
+                        continue  # the slowest system: often run with fewer seeds
                     folder = Path(args.workdir or scratch) / task / system.replace(" ", "_") / f"seed_{seed}"
                     done = folder / "bench_row.json"
                     if done.exists():
