@@ -281,8 +281,16 @@ class TrainArguments:
         default=True,
         metadata={"help": "Batch examples of similar length together (less padding, ~1.8x faster on CoNLL)."},
     )
-    mixed_precision: str | None = field(
-        default=None, metadata={"help": "no, fp16 or bf16; default: what `accelerate launch`/config says."}
+    mixed_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "no, fp16, bf16 or auto: what `accelerate launch`/its config says, else bf16 autocast where the "
+            "hardware has fast bf16 (CPUs with AMX/AVX512-BF16, bf16 GPUs), else no."
+        },
+    )
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={"help": "adamw_torch_fused (one kernel for all weights) or adamw_torch (per-tensor foreach)."},
     )
     cpu_threads: int | None = field(
         default=None, metadata={"help": "Torch threads per process on CPU (default: the cores split over processes)."}
@@ -306,8 +314,10 @@ class TrainArguments:
             raise ConfigError(
                 f"--checkpointing_steps must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
             )
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise ConfigError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ConfigError(f"--mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.optim not in ("adamw_torch_fused", "adamw_torch"):
+            raise ConfigError(f"--optim must be adamw_torch_fused or adamw_torch, got {self.optim!r}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")

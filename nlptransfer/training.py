@@ -64,6 +64,25 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def fast_bf16() -> bool:
+    """True where bf16 matmuls are fast: a GPU with bf16, or a CPU with AMX or AVX512-BF16."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:  # private helpers, present in torch 2.x; without them assume no
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:
+        return False
+
+
+def resolve_mixed_precision(choice: str | None) -> str | None:
+    """`auto` leaves an `accelerate launch`/config choice alone (None), else picks bf16 where it is fast."""
+    if choice not in (None, "auto"):
+        return choice
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    return "bf16" if fast_bf16() else "no"
+
+
 def start_run(args) -> Accelerator:
     """The Accelerator of a recipe run: accumulation, precision, trackers; logs on the main process
     only; seeded; CPU threads split over the processes. Every recipe starts with this."""
@@ -73,7 +92,7 @@ def start_run(args) -> Accelerator:
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_mixed_precision(args.mixed_precision),
         log_with=args.trackers,
         project_dir=args.output_dir,
     )
@@ -96,6 +115,10 @@ def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool
     return bool((gathered == gathered[0]).all())
 
 
+# --optim: how AdamW runs its update (same maths): one fused kernel over every weight, or per-tensor foreach
+OPTIMIZERS = {"adamw_torch_fused": {"fused": True}, "adamw_torch": {"foreach": True}}
+
+
 def build_optimizer(model: torch.nn.Module, args, layerwise_lr_decay: float | None = None) -> torch.optim.Optimizer:
     """AdamW with one parameter group per layer group (`strategies.optimizer_groups`): biases and
     LayerNorm weights get no weight decay; `layerwise_lr_decay` lowers the LR layer by layer downward."""
@@ -103,7 +126,11 @@ def build_optimizer(model: torch.nn.Module, args, layerwise_lr_decay: float | No
 
     groups = optimizer_groups(model, args.learning_rate, args.weight_decay, layerwise_lr_decay)
     return torch.optim.AdamW(
-        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        **OPTIMIZERS[getattr(args, "optim", "adamw_torch")],
     )
 
 
@@ -348,5 +375,6 @@ class Trainer:
             "train_loss": state.train_loss_sum / max(state.train_loss_count, 1),
             "train_steps": state.step,
             "train_num_processes": accelerator.num_processes,
+            "train_mixed_precision": accelerator.mixed_precision,
             "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_loader), 1),
         }

@@ -1,0 +1,304 @@
+"""Fine-tuning speed and quality: nlptransfer vs the plain transformers Trainer, side by side in one run.
+
+    python benchmarks/bench_finetune.py --workdir runs/bench_finetune      # TREC-6 + CoNLL-2003, 3 seeds
+    python benchmarks/bench_finetune.py --quick                            # 256 examples, 1 epoch: a smoke run
+
+Systems (same data, model, seed, epochs, batch size and learning rate; each in its own process):
+- `nlptransfer`: `recipes/finetune.py` with its defaults;
+- `Trainer (examples)`: `trainer_baseline.py` as run_glue.py / run_ner.py set it up, padding every row
+  to max_seq_length=128;
+- `Trainer (tuned)`: the same with dynamic padding and length-grouped sampling.
+`--systems` adds ablations of nlptransfer (`nlptransfer fp32`: bf16 autocast off).
+
+Per run: test score, training wall time (`train_runtime`: the training loop, evaluations on the
+validation set included), train samples/s and real (non-padding) tokens/s, peak RSS of the process,
+and model FLOP utilisation (MFU): the model FLOPs of the real tokens (6 x matmul parameters per token
+plus attention) divided by the time of the training steps (train_runtime minus in-loop evaluations)
+and by this machine's peak, measured here by timing large matmuls in fp32 and bf16.
+With `--workdir`, runs already done (`<task>/<system>/seed_<n>/bench_row.json`) are reused.
+Writes benchmarks/results/finetune[_quick].json after every run, prints a markdown table and draws
+benchmarks/results/finetune[_quick].png (test score vs training time, one point per system and task).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import DATA, ROOT, TASKS, run_recipe
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_SEQ_LENGTH = 128
+
+
+def peak_flops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 8, rounds: int = 3) -> float:
+    """FLOP/s of the best of `rounds` timings of `repeats` square matmuls of `size` in `dtype_name`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best
+
+
+def token_lengths(task: str, limit: int | None) -> list[int]:
+    """Real tokens per training example, as MiniLM's tokenizer gives them (truncated like every system)."""
+    from transformers import AutoTokenizer
+
+    from nlptransfer import read_file, resolve_model
+
+    path = TASKS[task]["args"][TASKS[task]["args"].index("--train_file") + 1]
+    rows = read_file(path).rows[:limit]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL))
+    words = task == "conll2003"
+    inputs = [row["tokens"] for row in rows] if words else [row["text"] for row in rows]
+    encoded = tokenizer(inputs, is_split_into_words=words, truncation=True, max_length=MAX_SEQ_LENGTH)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def train_flops_per_epoch(lengths: list[int]) -> float:
+    """Model FLOPs of one training epoch over real tokens: forward + backward = 3 x forward, with a forward
+    of 2 FLOPs per matmul weight per token plus attention scores and mixing (2 x 2 x length x hidden per token
+    per layer). Embedding lookups and the (tiny) heads are left out."""
+    from transformers import AutoConfig
+
+    from nlptransfer import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(MODEL))
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    matmul_weights = layers * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
+    return sum(3 * (2 * matmul_weights * n + layers * 4 * n * n * hidden) for n in lengths)
+
+
+def nlptransfer_run(extra: list[str]):
+    def run(task: str, common: list[str], folder: Path) -> dict:
+        results = run_recipe("finetune.py", [*TASKS[task]["args"], *common, *extra], folder)
+        metric = TASKS[task]["metric"]
+        evaluations = results["train_runtime"] - results["train_step_runtime"]
+        return {
+            "score": results[f"test_{metric}"],
+            "train_runtime_s": results["train_runtime"],
+            "train_step_runtime_s": results["train_runtime"] - evaluations,
+            "train_samples": results["train_samples_per_second"] * results["train_runtime"],
+            "peak_rss_mib": results["peak_rss_mib"],
+            "precision": {"no": "fp32"}.get(results["train_mixed_precision"], results["train_mixed_precision"]),
+        }
+
+    return run
+
+
+def trainer_run(extra: list[str]):
+    def run(task: str, common: list[str], folder: Path) -> dict:
+        folder.mkdir(parents=True, exist_ok=True)
+        output = folder / "trainer_result.json"
+        command = [sys.executable, str(ROOT / "benchmarks" / "trainer_baseline.py")]
+        command += ["--task", "trec" if task == "trec" else "conll", "--output_json", str(output), *common, *extra]
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(output.read_text())
+        evaluations = sum(entry.get("eval_runtime", 0.0) for entry in result["validation_history"])
+        return {
+            "score": result["test_metrics"][TASKS[task]["metric"]],
+            "train_runtime_s": result["train_runtime"],
+            "train_step_runtime_s": result["train_runtime"] - evaluations,
+            "train_samples": result["train_samples_per_second"] * result["train_runtime"],
+            "peak_rss_mib": result["peak_rss_mib"],
+            "precision": "bf16" if result["config"]["bf16"] else "fp32",
+            "fed_tokens_per_epoch": result["fed_train_tokens_per_epoch"],
+        }
+
+    return run
+
+
+# name -> how to run it; the flags each system gets on top of the shared ones
+SYSTEMS = {
+    "nlptransfer": nlptransfer_run([]),
+    "nlptransfer fp32": nlptransfer_run(["--mixed_precision", "no"]),
+    "Trainer (examples)": trainer_run(["--padding", "max_length"]),
+    "Trainer (tuned)": trainer_run(["--padding", "dynamic", "--group_by_length"]),
+}
+DEFAULT_SYSTEMS = ["nlptransfer", "Trainer (tuned)", "Trainer (examples)"]
+
+
+def common_flags(system: str, args, seed: int) -> list[str]:
+    """The settings every system shares, in each one's own flag names."""
+    if system.startswith("nlptransfer"):
+        flags = ["--seed", str(seed), "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr)]
+        flags += ["--per_device_train_batch_size", str(args.batch_size), "--max_seq_length", str(MAX_SEQ_LENGTH)]
+        if args.quick:
+            flags += ["--max_train_samples", "256", "--max_eval_samples", "256", "--max_test_samples", "256"]
+        return flags
+    flags = ["--seed", str(seed), "--epochs", str(args.epochs), "--learning_rate", str(args.lr)]
+    flags += ["--batch_size", str(args.batch_size), "--max_seq_length", str(MAX_SEQ_LENGTH)]
+    flags += ["--data_dir", str(DATA)]
+    if args.quick:
+        flags += ["--max_train_samples", "256", "--max_eval_samples", "256"]
+    return flags
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean (and spread over seeds) per task and system, with time ratios against both Trainers."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["system"]), []).append(row)
+    summary = []
+    for (task, system), runs in groups.items():
+        entry = {"task": task, "system": system, "seeds": [r["seed"] for r in runs], "precision": runs[0]["precision"]}
+        for key in ("score", "train_runtime_s", "samples_per_second", "real_tokens_per_second", "peak_rss_mib", "mfu"):
+            values = [r[key] for r in runs]
+            entry[key] = statistics.fmean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    for entry in summary:
+        for baseline in ("Trainer (tuned)", "Trainer (examples)"):
+            other = next((s for s in summary if s["task"] == entry["task"] and s["system"] == baseline), None)
+            if other:
+                entry[f"time_vs {baseline}"] = entry["train_runtime_s"] / other["train_runtime_s"]
+                entry[f"score_delta_points_vs {baseline}"] = 100 * (entry["score"] - other["score"])
+                entry[f"memory_vs {baseline}"] = entry["peak_rss_mib"] / other["peak_rss_mib"]
+    return summary
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({s["task"] for s in summary}, key=list(TASKS).index)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for entry in (s for s in summary if s["task"] == task):
+            axis.errorbar(
+                entry["train_runtime_s"],
+                entry["score"],
+                xerr=entry["train_runtime_s_std"],
+                yerr=entry["score_std"],
+                fmt="o",
+                capsize=3,
+                label=entry["system"],
+            )
+        axis.set_xlabel("training time (s), lower is better")
+        axis.set_ylabel(f"test {TASKS[task]['metric']}")
+        axis.set_title(f"{task}: MiniLM, {len(summary[0]['seeds'])} seed(s)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256 training examples, 1 epoch, 1 seed")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument(
+        "--examples_seeds", nargs="+", type=int, default=None, help="seeds of Trainer (examples) (default: --seeds)"
+    )
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4, help="nlptransfer's default, chosen on TREC validation")
+    parser.add_argument("--workdir", default=None, help="keep every run here and reuse finished ones")
+    parser.add_argument("--output", default=None, help="JSON path (the PNG goes beside it)")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.seeds = 1, args.seeds[:1]
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"finetune{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    print(f"measuring peak matmul FLOP/s on {threads} threads ...", flush=True)
+    peak = {name: peak_flops(name, threads) for name in ("fp32", "bf16")}
+    print(", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peak.items()), flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as scratch:
+        for task in args.tasks:
+            lengths = token_lengths(task, 256 if args.quick else None)
+            real_tokens, flops = sum(lengths), train_flops_per_epoch(lengths)
+            for seed in args.seeds:
+                for system in args.systems:
+                    if system == "Trainer (examples)" and seed not in (args.examples_seeds or args.seeds):
+                        continue  # the slowest system: often run with fewer seeds
+                    folder = Path(args.workdir or scratch) / task / system.replace(" ", "_") / f"seed_{seed}"
+                    done = folder / "bench_row.json"
+                    if done.exists():
+                        print(f"{task} / {system} / seed {seed}: reused from {folder}", flush=True)
+                        rows.append(json.loads(done.read_text()))
+                        continue
+                    print(f"running {task} / {system} / seed {seed} ...", flush=True)
+                    result = SYSTEMS[system](task, common_flags(system, args, seed), folder)
+                    step_time = result["train_step_runtime_s"]
+                    row = {
+                        "task": task,
+                        "system": system,
+                        "seed": seed,
+                        "metric": TASKS[task]["metric"],
+                        **result,
+                        "samples_per_second": result["train_samples"] / result["train_runtime_s"],
+                        "real_tokens_per_second": real_tokens * args.epochs / result["train_runtime_s"],
+                        "model_flops": flops * args.epochs,
+                        "achieved_flops_per_second": flops * args.epochs / step_time,
+                        "mfu": flops * args.epochs / step_time / peak[result["precision"]],
+                        "real_tokens_per_epoch": real_tokens,
+                    }
+                    rows.append(row)
+                    done.write_text(json.dumps(row, indent=2) + "\n")
+                    print(
+                        f"  {TASKS[task]['metric']} {row['score']:.4f}, train {row['train_runtime_s']:.0f} s, "
+                        f"MFU {100 * row['mfu']:.1f}% ({row['precision']})",
+                        flush=True,
+                    )
+                    summary = summarise(rows)
+                    output.write_text(
+                        json.dumps(
+                            {"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows}, indent=2
+                        )
+                        + "\n"
+                    )
+
+    summary = summarise(rows)
+    output.write_text(
+        json.dumps({"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows}, indent=2) + "\n"
+    )
+    plot(summary, output.with_suffix(".png"))
+    print(f"\npeak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s ({threads} threads)")
+    print(
+        "\n| task | system | test score | train time (s) | vs tuned Trainer | vs examples Trainer | samples/s "
+        "| real tokens/s | peak RSS (MiB) | MFU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        ratio = {
+            b: f"{s[f'time_vs {b}']:.2f}x" if f"time_vs {b}" in s else "-"
+            for b in ("Trainer (tuned)", "Trainer (examples)")
+        }
+        print(
+            f"| {s['task']} | {s['system']} | {s['score']:.4f} ± {s['score_std']:.4f} | "
+            f"{s['train_runtime_s']:.0f} ± {s['train_runtime_s_std']:.0f} | {ratio['Trainer (tuned)']} | "
+            f"{ratio['Trainer (examples)']} | {s['samples_per_second']:.1f} | {s['real_tokens_per_second']:.0f} | "
+            f"{s['peak_rss_mib']:.0f} | {100 * s['mfu']:.1f}% ({s['precision']}) |"
+        )
+    print(f"\nwritten to {output} and {output.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
