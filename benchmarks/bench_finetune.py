@@ -8,7 +8,8 @@ Systems (same data, model, seed, epochs, batch size and learning rate; each in i
 - `Trainer (examples)`: `trainer_baseline.py` as run_glue.py / run_ner.py set it up, padding every row
   to max_seq_length=128;
 - `Trainer (tuned)`: the same with dynamic padding and length-grouped sampling.
-`--systems` adds ablations of nlptransfer (`nlptransfer fp32`: bf16 autocast off).
+`--systems` adds ablations of nlptransfer (`nlptransfer fp32`: bf16 autocast off; `nlptransfer frozen word
+emb. + eager`: --freeze word_embeddings --attn_implementation eager).
 
 Per run: test score, training wall time (`train_runtime`: the training loop, evaluations on the
 validation set included), train samples/s and real (non-padding) tokens/s, peak RSS of the process,
@@ -130,6 +131,11 @@ def trainer_run(extra: list[str]):
 SYSTEMS = {
     "nlptransfer": nlptransfer_run([]),
     "nlptransfer fp32": nlptransfer_run(["--mixed_precision", "no"]),
+    # what bench_step.py measured as the next levers: the same math (eager attention) and one change to
+    # what is trained (the token embedding matrix stays as pretrained)
+    "nlptransfer frozen word emb. + eager": nlptransfer_run(
+        ["--freeze", "word_embeddings", "--attn_implementation", "eager"]
+    ),
     "Trainer (examples)": trainer_run(["--padding", "max_length"]),
     "Trainer (tuned)": trainer_run(["--padding", "dynamic", "--group_by_length"]),
 }
