@@ -219,6 +219,9 @@ def main() -> None:
     parser.add_argument(
         "--examples_seeds", nargs="+", type=int, default=None, help="seeds of Trainer (examples) (default: --seeds)"
     )
+    parser.add_argument(
+        "--report_only", action="store_true", help="only tabulate the runs already in --workdir (start none)"
+    )
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4, help="nlptransfer's default, chosen on TREC validation")
@@ -249,6 +252,9 @@ def main() -> None:
                     if done.exists():
                         print(f"{task} / {system} / seed {seed}: reused from {folder}", flush=True)
                         rows.append(json.loads(done.read_text()))
+                        continue
+                    if args.report_only:
+                        print(f"{task} / {system} / seed {seed}: not run (--report_only)", flush=True)
                         continue
                     print(f"running {task} / {system} / seed {seed} ...", flush=True)
                     result = SYSTEMS[system](task, common_flags(system, args, seed), folder)

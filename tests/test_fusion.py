@@ -76,12 +76,12 @@ def test_merge_equals_peft_weighted_adapter_cat(tiny_model, sources):
     # peft refuses to weight adapters that each carry a head, so its side loads the LoRA weights alone
     config = json.loads(open(sources[0] + "/adapter_config.json").read())
     lora = LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"])
-    peft_model = get_peft_model(target(tiny_model, num_labels=3), lora, adapter_name="a")
-    peft_model.add_adapter("b", lora)
-    for name, folder in zip(("a", "b"), sources):
+    peft_model = get_peft_model(target(tiny_model, num_labels=3), lora, adapter_name="first")
+    peft_model.add_adapter("second", lora)
+    for name, folder in zip(("first", "second"), sources):
         state = {k: v for k, v in load_file(folder + "/adapter_model.safetensors").items() if "lora_" in k}
         set_peft_model_state_dict(peft_model, state, adapter_name=name)
-    peft_model.add_weighted_adapter(["a", "b"], weights, "merged", combination_type="cat")
+    peft_model.add_weighted_adapter(["first", "second"], weights, "merged", combination_type="cat")
     peft_model.set_adapter("merged")
     expected = encoder_states(peft_model.base_model.model, batch)
 
