@@ -41,8 +41,8 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None,
         metadata={
-            "help": "Attention kernel: sdpa, eager, ... (default: transformers' choice, sdpa). On a CPU with short "
-            "batches eager is faster (benchmarks/bench_step.py: 4-9%% per bf16 step on MiniLM)."
+            "help": "Attention kernel: sdpa, eager, ... (default: transformers' choice, sdpa). On a CPU, eager was "
+            "4-9%% faster per bf16 step on short batches but slower end to end on CoNLL's long sentences."
         },
     )
 
@@ -281,11 +281,12 @@ class TrainArguments:
         default=True,
         metadata={"help": "Batch examples of similar length together (less padding, ~1.8x faster on CoNLL)."},
     )
-    mixed_precision: str = field(
+    mixed_precision: str | None = field(
         default="auto",
         metadata={
             "help": "no, fp16, bf16 or auto: what `accelerate launch`/its config says, else bf16 autocast where the "
-            "hardware has fast bf16 (CPUs with AMX/AVX512-BF16, bf16 GPUs), else no."
+            "hardware has fast bf16 (CPUs with AMX/AVX512-BF16, bf16 GPUs), else no. (null, as older run "
+            "configs say, means auto.)"
         },
     )
     optim: str = field(
@@ -314,7 +315,7 @@ class TrainArguments:
             raise ConfigError(
                 f"--checkpointing_steps must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
             )
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+        if self.mixed_precision not in (None, "auto", "no", "fp16", "bf16"):
             raise ConfigError(f"--mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.optim not in ("adamw_torch_fused", "adamw_torch"):
             raise ConfigError(f"--optim must be adamw_torch_fused or adamw_torch, got {self.optim!r}")

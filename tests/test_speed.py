@@ -52,6 +52,12 @@ def test_auto_mixed_precision(monkeypatch):
     assert resolve_mixed_precision("auto") == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # `accelerate launch --mixed_precision` wins
     assert resolve_mixed_precision("auto") is None
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    # run_config.yaml files written before `auto` existed say `mixed_precision: null`: read as auto
+    assert TrainArguments(mixed_precision=None).mixed_precision is None
+    assert resolve_mixed_precision(None) == "no"
+    with pytest.raises(ConfigError, match="--mixed_precision must be"):
+        TrainArguments(mixed_precision="bf32")
 
 
 def test_train_flops_count_matmuls_and_attention():
