@@ -14,7 +14,7 @@ dev; every source). Systems per target, each with --seeds:
   merge (uniform)         every source folded in with weight 1/n (peft's add_weighted_adapter, cat)
   learned fusion          per-layer learned mix over the frozen sources + head (--fusion learned)
 Deltas are against "head only (no source)", which trains the same parameters as the source-based systems;
-a negative mean delta is flagged as negative transfer. Writes benchmarks/results/fusion[_quick].json as it
+a negative mean delta is flagged as negative transfer, in bold when it exceeds the std over seeds. Writes benchmarks/results/fusion[_quick].json as it
 goes and prints a markdown table per target.
 """
 
@@ -100,7 +100,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     for entry in summary:
         base = next(s for s in summary if s["target"] == entry["target"] and s["system"] == "head only (no source)")
         entry["delta_points"] = 100 * (entry["accuracy"] - base["accuracy"])
-        entry["negative_transfer"] = entry["system"] != base["system"] and entry["delta_points"] < 0
+        # below the no-source baseline; "beyond noise" when by more than either one's std over seeds
+        below = entry["system"] != base["system"] and entry["delta_points"] < 0
+        noise = 100 * max(entry["std"], base["std"])
+        entry["negative_transfer"] = below
+        entry["negative_transfer_beyond_noise"] = below and len(entry["scores"]) > 1 and -entry["delta_points"] > noise
     return summary
 
 
@@ -169,7 +173,13 @@ def main() -> None:
         print(f"\n{target}: accuracy on the target's test/dev set, mean ± std over seeds {args.seeds}")
         print("| system | accuracy | delta vs head only (points) | negative transfer |\n|---|---|---|---|")
         for s in (s for s in summary if s["target"] == target):
-            flag = "**yes**" if s["negative_transfer"] else ""
+            flag = (
+                "**yes**"
+                if s["negative_transfer_beyond_noise"]
+                else "yes, within noise"
+                if s["negative_transfer"]
+                else ""
+            )
             print(f"| {s['system']} | {s['accuracy']:.4f} ± {s['std']:.4f} | {s['delta_points']:+.1f} | {flag} |")
     print(f"\nwritten to {output}")
 
