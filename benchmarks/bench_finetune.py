@@ -243,6 +243,13 @@ def main() -> None:
     print(", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peak.items()), flush=True)
 
     rows = []
+
+    def write_results() -> list[dict]:
+        summary = summarise(rows)
+        document = {"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows}
+        output.write_text(json.dumps(document, indent=2) + "\n")
+        return summary
+
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as scratch:
         for task in args.tasks:
             lengths = token_lengths(task, 256 if args.quick else None)
@@ -284,18 +291,9 @@ def main() -> None:
                         f"MFU {100 * row['mfu']:.1f}% ({row['precision']})",
                         flush=True,
                     )
-                    summary = summarise(rows)
-                    output.write_text(
-                        json.dumps(
-                            {"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows}, indent=2
-                        )
-                        + "\n"
-                    )
+                    write_results()  # after every run: a stopped benchmark keeps what finished
 
-    summary = summarise(rows)
-    output.write_text(
-        json.dumps({"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows}, indent=2) + "\n"
-    )
+    summary = write_results()
     plot(summary, output.with_suffix(".png"))
     print(f"\npeak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s ({threads} threads)")
     print(

@@ -139,6 +139,12 @@ def main() -> None:
 
     folders = train_sources(args, workdir)
     rows = []
+
+    def write_results() -> list[dict]:
+        summary = summarise(rows)
+        output.write_text(json.dumps({"settings": vars(args), "summary": summary, "rows": rows}, indent=2) + "\n")
+        return summary
+
     for target, (flags, sources) in target_tasks(args, workdir).items():
         for seed in args.seeds:
             for system, extra in systems(sources, folders, args).items():
@@ -163,12 +169,9 @@ def main() -> None:
                 done.write_text(json.dumps(row, indent=2) + "\n")
                 rows.append(row)
                 print(f"  accuracy {row['accuracy']:.4f}", flush=True)
-                output.write_text(
-                    json.dumps({"settings": vars(args), "summary": summarise(rows), "rows": rows}, indent=2)
-                )
+                write_results()  # after every run: a stopped benchmark keeps what finished
 
-    summary = summarise(rows)
-    output.write_text(json.dumps({"settings": vars(args), "summary": summary, "rows": rows}, indent=2) + "\n")
+    summary = write_results()
     for target in dict.fromkeys(entry["target"] for entry in summary):
         print(f"\n{target}: accuracy on the target's test/dev set, mean ± std over seeds {args.seeds}")
         print("| system | accuracy | delta vs head only (points) | negative transfer |\n|---|---|---|---|")

@@ -116,7 +116,7 @@ def _linear(model: nn.Module, name: str) -> nn.Linear:
         module = model.get_submodule(name)
     except AttributeError:
         module = None
-    if not isinstance(module, nn.Linear | FusedLoRALinear):
+    if not isinstance(module, nn.Linear):
         raise ConfigError(f"a source adapter adapts {name!r}, which is not a linear layer of the target model")
     return module
 
@@ -133,9 +133,8 @@ def _same_model(a: str, b: str) -> bool:
         return False
 
 
-def check_sources(model: nn.Module, sources: list[SourceAdapter], base_model: str) -> list[str]:
-    """The module names all sources adapt; errors name the source that does not fit the target."""
-    names = sorted({name for source in sources for name in source.deltas})
+def check_sources(model: nn.Module, sources: list[SourceAdapter], base_model: str) -> None:
+    """Every source fits the target (same base model, same layer shapes); errors name the one that does not."""
     for source in sources:
         if source.base_model and not _same_model(source.base_model, base_model):
             raise ConfigError(
@@ -143,14 +142,12 @@ def check_sources(model: nn.Module, sources: list[SourceAdapter], base_model: st
                 f"{base_model!r}: LoRA updates only transfer between identical base models"
             )
         for name, (a, b) in source.deltas.items():
-            layer = _linear(model, name)
-            weight = layer.base.weight if isinstance(layer, FusedLoRALinear) else layer.weight
+            weight = _linear(model, name).weight
             if (b.shape[0], a.shape[1]) != tuple(weight.shape):
                 raise ConfigError(
                     f"--source_adapters {source.path}: {name} has shape {tuple(weight.shape)} in the target, "
                     f"the adapter expects {(b.shape[0], a.shape[1])}"
                 )
-    return names
 
 
 class FusedLoRALinear(nn.Module):

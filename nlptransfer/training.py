@@ -130,7 +130,7 @@ def build_optimizer(model: torch.nn.Module, args, layerwise_lr_decay: float | No
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
-        **OPTIMIZERS[getattr(args, "optim", "adamw_torch")],
+        **OPTIMIZERS[args.optim],
     )
 
 
