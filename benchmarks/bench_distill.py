@@ -13,12 +13,15 @@ then measured here, in one process, on the same test texts (tokenized, batches o
 `--rounds`, round-robin over models so background load hits all alike).
 With `--workdir`, a system whose folder already holds its result (`bench_row.json`) is not trained
 again, so a long run can be split (`--skip_mpnet` first, then again without it) or resumed.
+`--student_seeds 42 43 44` trains every cut student once per seed (the teachers once): the table gives
+mean ± std over seeds and the gain over labels-only paired by seed; the first seed's models are timed.
 Writes benchmarks/results/distill[_quick].json after every system and prints a markdown table.
 """
 
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -79,8 +82,9 @@ def throughput(
     }
 
 
-def folder_name(model: str) -> str:
-    return model.replace(" ", "_").replace("←", "from")
+def folder_name(model: str, seed: int | None = None, first_seed: int | None = None) -> str:
+    name = model.replace(" ", "_").replace("←", "from")
+    return name if seed is None or seed == first_seed else f"{name}_seed{seed}"
 
 
 def plan(task_dir: Path, args) -> list[dict]:
@@ -106,26 +110,23 @@ def plan(task_dir: Path, args) -> list[dict]:
         "--num_train_epochs",
         str(args.student_epochs or args.epochs),
     ]
-    for layers in args.student_layers:
-        n, init = len(layers.split(",")), f"teacher layers {layers}"
-        common = {"layers": n, "init": init, "teacher": minilm, "recipe": "distill.py"}
-        systems.append(
-            {
-                "model": f"{n}L labels",
-                "flags": [*cut, "--student_layers", layers, "--alpha", "0"],
-                "training": "labels",
-                **common,
-            }
-        )
-        systems.append(
-            {
-                "model": f"{n}L distilled",
-                "flags": [*cut, "--student_layers", layers, *distil, *cache],
-                "training": "distilled",
-                "baseline": f"{n}L labels",
-                **common,
-            }
-        )
+    for seed in args.student_seeds:  # the teachers train once (--seed); the cut students once per seed
+        for layers in args.student_layers:
+            n, init = len(layers.split(",")), f"teacher layers {layers}"
+            common = {"layers": n, "init": init, "teacher": minilm, "recipe": "distill.py", "seed": seed}
+            cut_seed = [*cut, "--student_layers", layers, "--seed", str(seed)]
+            systems.append(
+                {"model": f"{n}L labels", "flags": [*cut_seed, "--alpha", "0"], "training": "labels", **common}
+            )
+            systems.append(
+                {
+                    "model": f"{n}L distilled",
+                    "flags": [*cut_seed, *distil, *cache],
+                    "training": "distilled",
+                    "baseline": f"{n}L labels",
+                    **common,
+                }
+            )
     if not args.skip_mpnet:
         systems.append(
             {
@@ -168,20 +169,58 @@ def plan(task_dir: Path, args) -> list[dict]:
     return systems
 
 
-def write(output: Path, quick: bool, rows: list[dict]) -> dict:
-    """Write the rows so far and the targets they meet (throughput fields come once a task is done)."""
-    smallest = [r for r in rows if r["training"] == "distilled" and r["layers"] == 2 and "speedup_vs_teacher" in r]
+def summarise(rows: list[dict]) -> list[dict]:
+    """One entry per (task, model): the score's mean and std over seeds, the share of the teacher's score,
+    and the mean (and std) of the per-seed gain over the same student trained on labels only."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["model"]), []).append(row)
+    summary = []
+    for runs in groups.values():
+        scores = [r["score"] for r in runs]
+        entry = {k: v for k, v in runs[0].items() if k not in ("score", "seed", "args", "validation_score")}
+        entry |= {"score": statistics.fmean(scores), "scores": scores, "seeds": [r.get("seed") for r in runs]}
+        entry["score_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        summary.append(entry)
+    by_key = {(e["task"], e["model"]): e for e in summary}
+    for entry in summary:
+        teacher = by_key.get((entry["task"], entry.get("teacher") or entry["model"]))
+        if teacher and "examples_per_second" in entry and "examples_per_second" in teacher:
+            entry["retained_percent"] = 100 * entry["score"] / teacher["score"] if teacher["score"] else None
+            entry["speedup_vs_teacher"] = entry["examples_per_second"] / teacher["examples_per_second"]
+        baseline = by_key.get((entry["task"], entry.get("baseline")))
+        if baseline:
+            paired = {
+                r.get("seed"): r["score"] for r in rows if (r["task"], r["model"]) == (entry["task"], baseline["model"])
+            }
+            gains = [
+                100 * (r["score"] - paired[r.get("seed")])
+                for r in rows
+                if (r["task"], r["model"]) == (entry["task"], entry["model"]) and r.get("seed") in paired
+            ]
+            if not gains:  # a baseline trained with another seed (MiniLM fine-tuned once, for the mpnet pair)
+                gains = [100 * (entry["score"] - baseline["score"])]
+            entry["delta_vs_labels_only_points"] = statistics.fmean(gains)
+            entry["delta_std_points"] = statistics.stdev(gains) if len(gains) > 1 else 0.0
+    return summary
+
+
+def write(output: Path, quick: bool, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """Write the rows so far, their summary and the targets it meets (throughput comes once a task is done)."""
+    summary = summarise(rows)
+    smallest = [e for e in summary if e["training"] == "distilled" and e["layers"] == 2 and "speedup_vs_teacher" in e]
     targets = {
         "2-layer distilled keeps >= 97% of the teacher at >= 2.5x throughput": {
-            r["task"]: (r["retained_percent"] or 0) >= 97 and r["speedup_vs_teacher"] >= 2.5 for r in smallest
+            e["task"]: (e["retained_percent"] or 0) >= 97 and e["speedup_vs_teacher"] >= 2.5 for e in smallest
         },
         "distillation beats labels-only by >= 1 point on some task": any(
-            r.get("delta_vs_labels_only_points", 0) >= 1 for r in rows
+            e.get("delta_vs_labels_only_points", 0) >= 1 for e in summary
         ),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"quick": quick, "targets": targets, "rows": rows}, indent=2) + "\n")
-    return targets
+    payload = {"quick": quick, "targets": targets, "summary": summary, "rows": rows}
+    output.write_text(json.dumps(payload, indent=2) + "\n")
+    return targets, summary
 
 
 def main() -> None:
@@ -207,6 +246,9 @@ def main() -> None:
         default=["0,3", "0,2,4"],
         help="teacher layers of each cut student (every 3rd / every 2nd from the bottom)",
     )
+    parser.add_argument(
+        "--student_seeds", nargs="+", type=int, default=None, help="seeds of the cut students (default: --seed)"
+    )
     parser.add_argument("--skip_mpnet", action="store_true", help="leave out the mpnet -> MiniLM pair")
     parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per model (best is kept)")
@@ -215,6 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.student_epochs, args.mpnet_epochs = 1, None, None
+    args.student_seeds = args.student_seeds or [args.seed]
     common = ["--seed", str(args.seed), "--num_train_epochs", str(args.epochs)]
     if args.cpu_threads:
         common += ["--cpu_threads", str(args.cpu_threads)]
@@ -226,18 +269,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as scratch:
         for task in args.tasks:
             spec, task_dir = TASKS[task], Path(args.workdir or scratch) / task
-            folders = {}
+            folders = {}  # the first seed's model of each system: the one whose throughput is timed
             for system in plan(task_dir, args):
-                name = system["model"]
-                folders[name] = task_dir / folder_name(name)
-                done = folders[name] / "bench_row.json"
+                name, seed = system["model"], system.get("seed", args.seed)
+                folder = task_dir / folder_name(name, seed, args.seed)
+                folders.setdefault(name, folder)
+                done = folder / "bench_row.json"
                 if done.exists():
-                    print(f"{task} / {name}: already trained in {folders[name]}", flush=True)
-                    rows.append(json.loads(done.read_text()))
+                    print(f"{task} / {name} / seed {seed}: already trained in {folder}", flush=True)
+                    rows.append({"seed": seed, **json.loads(done.read_text())})
                     continue
-                print(f"running {task} / {name} ...", flush=True)
+                print(f"running {task} / {name} / seed {seed} ...", flush=True)
                 flags = [*spec["args"], *common, *system.pop("flags")]
-                results = run_recipe(system.pop("recipe"), flags, folders[name])
+                results = run_recipe(system.pop("recipe"), flags, folder)
                 rows.append(
                     {
                         "task": task,
@@ -249,6 +293,7 @@ def main() -> None:
                         "teacher_targets_s": results.get("teacher_targets_seconds"),
                         "peak_rss_mib": results["peak_rss_mib"],
                         "args": flags[len(spec["args"]) :],
+                        "seed": seed,
                         **system,
                     }
                 )
@@ -257,27 +302,30 @@ def main() -> None:
 
             print(f"measuring inference throughput on {task} ...", flush=True)
             speed = throughput(folders, test_inputs(task, 300 if args.quick else None), args.rounds, args.cpu_threads)
-            by_name = {r["model"]: r for r in rows if r["task"] == task}
-            for row in by_name.values():
-                row.update(speed[row["model"]])
-                teacher = by_name[row.get("teacher") or row["model"]]
-                row["retained_percent"] = 100 * row["score"] / teacher["score"] if teacher["score"] else None
-                row["speedup_vs_teacher"] = row["examples_per_second"] / teacher["examples_per_second"]
-                if row.get("baseline"):
-                    row["delta_vs_labels_only_points"] = 100 * (row["score"] - by_name[row["baseline"]]["score"])
-            targets = write(output, args.quick, rows)
+            for row in rows:
+                if row["task"] == task:
+                    row.update(speed[row["model"]])  # every seed of a model has the same architecture
+            targets, summary = write(output, args.quick, rows)
 
     print(
         "\n| task | model | layers | init | test score | % of teacher | Δ vs labels only | parameters | examples/s | speed-up |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        delta = f"{r['delta_vs_labels_only_points']:+.2f}" if "delta_vs_labels_only_points" in r else "-"
-        retained = f"{r['retained_percent']:.1f}%" if r["retained_percent"] is not None else "-"
+    for e in summary:
+
+        def spread(value: float, std: float, fmt: str, seeds: int = len(e["scores"])) -> str:
+            return f"{value:{fmt}}" + (f" ± {std:{fmt.lstrip('+')}}" if seeds > 1 else "")
+
+        delta = (
+            spread(e["delta_vs_labels_only_points"], e["delta_std_points"], "+.2f")
+            if "delta_vs_labels_only_points" in e
+            else "-"
+        )
+        retained = f"{e['retained_percent']:.1f}%" if e.get("retained_percent") is not None else "-"
         print(
-            f"| {r['task']} | {r['model']} | {r['layers']} | {r['init']} | {r['metric']} {r['score']:.4f} | "
-            f"{retained} | {delta} | {r['parameters'] / 1e6:.1f}M | "
-            f"{r['examples_per_second']:.0f} | {r['speedup_vs_teacher']:.2f}x |"
+            f"| {e['task']} | {e['model']} | {e['layers']} | {e['init']} | {e['metric']} "
+            f"{spread(e['score'], e['score_std'], '.4f')} | {retained} | {delta} | {e['parameters'] / 1e6:.1f}M | "
+            f"{e['examples_per_second']:.0f} | {e['speedup_vs_teacher']:.2f}x |"
         )
     for target, met in targets.items():
         print(f"- {target}: {met}")
