@@ -205,6 +205,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def spread(value: float, std: float, fmt: str, seeds: int) -> str:
+    """`value ± std` over several seeds, the value alone for one."""
+    return f"{value:{fmt}}" + (f" ± {std:{fmt.lstrip('+')}}" if seeds > 1 else "")
+
+
 def write(output: Path, quick: bool, rows: list[dict]) -> tuple[dict, list[dict]]:
     """Write the rows so far, their summary and the targets it meets (throughput comes once a task is done)."""
     summary = summarise(rows)
@@ -312,19 +317,16 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for e in summary:
-
-        def spread(value: float, std: float, fmt: str, seeds: int = len(e["scores"])) -> str:
-            return f"{value:{fmt}}" + (f" ± {std:{fmt.lstrip('+')}}" if seeds > 1 else "")
-
+        seeds = len(e["scores"])
         delta = (
-            spread(e["delta_vs_labels_only_points"], e["delta_std_points"], "+.2f")
+            spread(e["delta_vs_labels_only_points"], e["delta_std_points"], "+.2f", seeds)
             if "delta_vs_labels_only_points" in e
             else "-"
         )
         retained = f"{e['retained_percent']:.1f}%" if e.get("retained_percent") is not None else "-"
         print(
             f"| {e['task']} | {e['model']} | {e['layers']} | {e['init']} | {e['metric']} "
-            f"{spread(e['score'], e['score_std'], '.4f')} | {retained} | {delta} | {e['parameters'] / 1e6:.1f}M | "
+            f"{spread(e['score'], e['score_std'], '.4f', seeds)} | {retained} | {delta} | {e['parameters'] / 1e6:.1f}M | "
             f"{e['examples_per_second']:.0f} | {e['speedup_vs_teacher']:.2f}x |"
         )
     for target, met in targets.items():
