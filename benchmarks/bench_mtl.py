@@ -2,9 +2,11 @@
 
     python benchmarks/bench_mtl.py            # the shipped config, 3 epochs (about 35 min on 2 CPU cores)
     python benchmarks/bench_mtl.py --quick    # 300 examples per task, 1 epoch: a smoke run
+    python benchmarks/bench_mtl.py --seeds 42 43 44 --workdir runs/bench_mtl   # mean ± std over seeds
 
-One `recipes/mtl.py --compare_single_task` run trains the multi-task model and then each task alone
-for as many updates as that task got in the multi-task run (same seed and settings). Then, in this
+Per seed (`--seeds`), one `recipes/mtl.py --compare_single_task` run trains the multi-task model and
+then each task alone for as many updates as that task got in the multi-task run (same seed and settings);
+scores are means over seeds, deltas paired by seed. The first seed's models are the ones served. Then, in this
 process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
 models each predicting its task, on the same texts. Writes benchmarks/results/mtl[_quick].json and
 prints a markdown table.
@@ -17,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -59,7 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 examples per task, 1 epoch")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one multi-task run (+ singles) per seed")
+    parser.add_argument("--workdir", default=None, help="keep the runs here; a finished seed is not trained again")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (on a GPU; 1 for CPU timings)")
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=None)
@@ -72,18 +77,32 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
     with tempfile.TemporaryDirectory(prefix="bench_mtl_") as scratch:
-        scratch = Path(scratch)
-        (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        print("training the multi-task model, then each task alone ...", flush=True)
-        results = run_mtl(scratch / "config.yaml", scratch / "mtl", args.seed)
-        single = {
-            name: json.loads((scratch / "mtl" / "single_task" / name / "all_results.json").read_text())
-            for name in results["tasks"]
-        }
+        workdir = Path(args.workdir or scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+        def train(seed: int) -> tuple[dict, dict]:
+            """The multi-task run of `seed` and its single-task runs (trained here unless already done)."""
+            folder = workdir / f"seed{seed}" / "mtl"
+            done = workdir / f"seed{seed}" / "bench_result.json"  # the run's results + wall time and peak RSS
+            if not done.is_file():
+                print(f"seed {seed}: training the multi-task model, then each task alone ...", flush=True)
+                done.write_text(json.dumps(run_mtl(workdir / "config.yaml", folder, seed), indent=2) + "\n")
+            results = json.loads(done.read_text())
+            single = {
+                name: json.loads((folder / "single_task" / name / "all_results.json").read_text())
+                for name in results["tasks"]
+            }
+            return results, single
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = dict(zip(args.seeds, pool.map(train, args.seeds)))
+        results, single = runs[args.seeds[0]]  # the first seed's models are the ones served and timed
         print("measuring serving throughput ...", flush=True)
         texts = serving_texts(config, args.serving_texts_per_task)
-        multi = MultiTaskModel.from_pretrained(scratch / "mtl")
-        singles = {name: MultiTaskModel.from_pretrained(scratch / "mtl" / "single_task" / name) for name in single}
+        first = workdir / f"seed{args.seeds[0]}" / "mtl"
+        multi = MultiTaskModel.from_pretrained(first)
+        singles = {name: MultiTaskModel.from_pretrained(first / "single_task" / name) for name in single}
         multi_tps = throughput(lambda batch: multi.predict(batch, tasks=multi.task_names), texts, args.repeats)
         singles_tps = throughput(
             lambda batch: [model.predict(batch) for model in singles.values()], texts, args.repeats
@@ -92,14 +111,19 @@ def main() -> None:
     for name in results["tasks"]:
         kind = next(t["task_type"] for t in config["tasks"] if t["name"] == name)
         metric = TASK_KINDS[kind].default_metric
-        m, s = results[f"test_{name}_{metric}"], single[name][f"test_{name}_{metric}"]
+        m = [runs[seed][0][f"test_{name}_{metric}"] for seed in args.seeds]
+        s = [runs[seed][1][name][f"test_{name}_{metric}"] for seed in args.seeds]
+        deltas = [100 * (a - b) for a, b in zip(m, s)]  # paired by seed
         rows.append(
             {
                 "task": name,
                 "metric": metric,
-                "multi_task": m,
-                "single_task": s,
-                "delta_points": 100 * (m - s),
+                "multi_task": statistics.mean(m),
+                "single_task": statistics.mean(s),
+                "delta_points": statistics.mean(deltas),
+                "multi_task_scores": m,
+                "single_task_scores": s,
+                "delta_std_points": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
                 "multi_task_updates": results["task_batches"][name],
                 "single_task_updates": single[name]["train_steps"],
             }
@@ -127,15 +151,18 @@ def main() -> None:
     }
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"mtl{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"quick": args.quick, "seed": args.seed, "config": config, "rows": rows, "summary": summary}
+    record = {"quick": args.quick, "seeds": args.seeds, "config": config, "rows": rows, "summary": summary}
     output.write_text(json.dumps(record, indent=2) + "\n")
 
-    print("\n| task | metric | multi-task | single-task (same updates) | Δ (points) |")
+    print(f"\nseeds {args.seeds}: means (Δ: mean ± std of the per-seed difference)")
+    print("| task | metric | multi-task | single-task (same updates) | Δ (points) |")
     print("|---|---|---|---|---|")
     for r in rows:
         flag = " negative transfer" if r["delta_points"] < 0 else ""
+        spread = f" ± {r['delta_std_points']:.2f}" if len(args.seeds) > 1 else ""
         print(
-            f"| {r['task']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} | {r['delta_points']:+.2f}{flag} |"
+            f"| {r['task']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} | "
+            f"{r['delta_points']:+.2f}{spread}{flag} |"
         )
     print(
         f"| **average** | | {summary['multi_task_average']:.4f} | {summary['single_task_average']:.4f} | "
