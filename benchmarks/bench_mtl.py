@@ -15,6 +15,7 @@ prints a markdown table.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -34,8 +35,8 @@ from nlptransfer.readers import read_file  # noqa: E402
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
 
 
-def run_mtl(config: Path, output_dir: Path, seed: int) -> dict:
-    args = ["--config", str(config), "--compare_single_task", "true", "--seed", str(seed)]
+def run_mtl(config: Path, output_dir: Path, seed: int, extra: list[str]) -> dict:
+    args = ["--config", str(config), "--compare_single_task", "true", "--seed", str(seed), *extra]
     return run_recipe("mtl.py", args, output_dir)
 
 
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one multi-task run (+ singles) per seed")
     parser.add_argument("--workdir", default=None, help="keep the runs here; a finished seed is not trained again")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (on a GPU; 1 for CPU timings)")
+    parser.add_argument(
+        "--recipe_args",
+        default="",
+        help='more flags for recipes/mtl.py, e.g. "--task_sampling uniform" (compare settings: one workdir each)',
+    )
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=None)
@@ -87,7 +93,8 @@ def main() -> None:
             done = workdir / f"seed{seed}" / "bench_result.json"  # the run's results + wall time and peak RSS
             if not done.is_file():
                 print(f"seed {seed}: training the multi-task model, then each task alone ...", flush=True)
-                done.write_text(json.dumps(run_mtl(workdir / "config.yaml", folder, seed), indent=2) + "\n")
+                result = run_mtl(workdir / "config.yaml", folder, seed, shlex.split(args.recipe_args))
+                done.write_text(json.dumps(result, indent=2) + "\n")
             results = json.loads(done.read_text())
             single = {
                 name: json.loads((folder / "single_task" / name / "all_results.json").read_text())
@@ -114,6 +121,11 @@ def main() -> None:
         m = [runs[seed][0][f"test_{name}_{metric}"] for seed in args.seeds]
         s = [runs[seed][1][name][f"test_{name}_{metric}"] for seed in args.seeds]
         deltas = [100 * (a - b) for a, b in zip(m, s)]  # paired by seed
+        # the same on validation: what choosing between settings may look at (test never)
+        val = [
+            100 * (runs[seed][0][f"eval_{name}_{metric}"] - runs[seed][1][name][f"eval_{name}_{metric}"])
+            for seed in args.seeds
+        ]
         rows.append(
             {
                 "task": name,
@@ -124,6 +136,7 @@ def main() -> None:
                 "multi_task_scores": m,
                 "single_task_scores": s,
                 "delta_std_points": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+                "validation_delta_points": statistics.mean(val),
                 "multi_task_updates": results["task_batches"][name],
                 "single_task_updates": single[name]["train_steps"],
             }
@@ -151,22 +164,31 @@ def main() -> None:
     }
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"mtl{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"quick": args.quick, "seeds": args.seeds, "config": config, "rows": rows, "summary": summary}
+    summary["validation_average_delta_points"] = statistics.mean(r["validation_delta_points"] for r in rows)
+    record = {
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "config": config,
+        "recipe_args": args.recipe_args,
+        "rows": rows,
+        "summary": summary,
+    }
     output.write_text(json.dumps(record, indent=2) + "\n")
 
     print(f"\nseeds {args.seeds}: means (Δ: mean ± std of the per-seed difference)")
-    print("| task | metric | multi-task | single-task (same updates) | Δ (points) |")
-    print("|---|---|---|---|---|")
+    print("| task | metric | multi-task | single-task (same updates) | Δ (points) | Δ validation |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         flag = " negative transfer" if r["delta_points"] < 0 else ""
         spread = f" ± {r['delta_std_points']:.2f}" if len(args.seeds) > 1 else ""
         print(
             f"| {r['task']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} | "
-            f"{r['delta_points']:+.2f}{spread}{flag} |"
+            f"{r['delta_points']:+.2f}{spread}{flag} | {r['validation_delta_points']:+.2f} |"
         )
     print(
         f"| **average** | | {summary['multi_task_average']:.4f} | {summary['single_task_average']:.4f} | "
-        f"{100 * (summary['multi_task_average'] - summary['single_task_average']):+.2f} |"
+        f"{100 * (summary['multi_task_average'] - summary['single_task_average']):+.2f} | "
+        f"{summary['validation_average_delta_points']:+.2f} |"
     )
     print("\n| | multi-task (1 model) | single-task (3 models) | ratio |")
     print("|---|---|---|---|")
