@@ -1,8 +1,9 @@
-"""What every benchmark shares: where the data is, the TREC / CoNLL task flags, and running one
-recipe in its own process (through `_run.py`, so peak memory is per system)."""
+"""What every benchmark shares: where the data is, the TREC / CoNLL task flags, running one recipe in
+its own process (through `_run.py`, so peak memory is per system), and summing runs up over seeds."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,17 @@ def run_recipe(recipe: str, args: list[str], output_dir: Path) -> dict:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT "))
     return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (std 0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """`rows` grouped by their values of `keys`, groups in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
+    return groups

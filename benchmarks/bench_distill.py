@@ -21,12 +21,11 @@ Writes benchmarks/results/distill[_quick].json after every system and prints a m
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, TASKS, run_recipe
+from _common import ROOT, TASKS, group_rows, mean_std, run_recipe
 
 MINILM, MPNET = "sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"
 
@@ -172,15 +171,12 @@ def plan(task_dir: Path, args) -> list[dict]:
 def summarise(rows: list[dict]) -> list[dict]:
     """One entry per (task, model): the score's mean and std over seeds, the share of the teacher's score,
     and the mean (and std) of the per-seed gain over the same student trained on labels only."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["task"], row["model"]), []).append(row)
     summary = []
-    for runs in groups.values():
+    for runs in group_rows(rows, "task", "model").values():
         scores = [r["score"] for r in runs]
         entry = {k: v for k, v in runs[0].items() if k not in ("score", "seed", "args", "validation_score")}
-        entry |= {"score": statistics.fmean(scores), "scores": scores, "seeds": [r.get("seed") for r in runs]}
-        entry["score_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        entry |= {"scores": scores, "seeds": [r.get("seed") for r in runs]}
+        entry["score"], entry["score_std"] = mean_std(scores)
         summary.append(entry)
     by_key = {(e["task"], e["model"]): e for e in summary}
     for entry in summary:
@@ -200,8 +196,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             ]
             if not gains:  # a baseline trained with another seed (MiniLM fine-tuned once, for the mpnet pair)
                 gains = [100 * (entry["score"] - baseline["score"])]
-            entry["delta_vs_labels_only_points"] = statistics.fmean(gains)
-            entry["delta_std_points"] = statistics.stdev(gains) if len(gains) > 1 else 0.0
+            entry["delta_vs_labels_only_points"], entry["delta_std_points"] = mean_std(gains)
     return summary
 
 

@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import DATA, ROOT, run_recipe
+from _common import DATA, ROOT, mean_std, run_recipe
 
 AMAZON = DATA / "amazon_multidomain"
 DIRECTIONS = [("books", "kitchen"), ("kitchen", "books")]
@@ -84,15 +84,8 @@ def main() -> None:
             scores = [r["target_accuracy"] for r in rows if r["direction"] == direction and r["method"] == method]
             if not scores:
                 continue
-            summary.append(
-                {
-                    "direction": direction,
-                    "method": method,
-                    "mean": statistics.mean(scores),
-                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                    "scores": scores,
-                }
-            )
+            mean, std = mean_std(scores)
+            summary.append({"direction": direction, "method": method, "mean": mean, "std": std, "scores": scores})
     done = [m for m in args.methods if any(s["method"] == m for s in summary)]
     mean_of = {m: statistics.mean(s["mean"] for s in summary if s["method"] == m) for m in done}
     payload = {"quick": args.quick, "args": extra, "seeds": seeds, "rows": rows, "summary": summary, "average": mean_of}

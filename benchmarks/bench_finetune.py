@@ -24,14 +24,13 @@ benchmarks/results/finetune[_quick].png (test score vs training time, one point 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, ROOT, TASKS, run_recipe
+from _common import DATA, ROOT, TASKS, group_rows, mean_std, run_recipe
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH = 128
@@ -160,16 +159,11 @@ def common_flags(system: str, args, seed: int) -> list[str]:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean (and spread over seeds) per task and system, with time ratios against both Trainers."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["task"], row["system"]), []).append(row)
     summary = []
-    for (task, system), runs in groups.items():
+    for (task, system), runs in group_rows(rows, "task", "system").items():
         entry = {"task": task, "system": system, "seeds": [r["seed"] for r in runs], "precision": runs[0]["precision"]}
         for key in ("score", "train_runtime_s", "samples_per_second", "real_tokens_per_second", "peak_rss_mib", "mfu"):
-            values = [r[key] for r in runs]
-            entry[key] = statistics.fmean(values)
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[key], entry[f"{key}_std"] = mean_std(r[key] for r in runs)
         summary.append(entry)
     for entry in summary:
         for baseline in ("Trainer (tuned)", "Trainer (examples)"):

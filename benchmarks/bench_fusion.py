@@ -22,13 +22,12 @@ goes and prints a markdown table per target.
 import argparse
 import json
 import random
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import DATA, ROOT, run_recipe
+from _common import DATA, ROOT, group_rows, mean_std, run_recipe
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 PAIR = ["--task_type", "pair_classification", "--text_column_name", "text_a", "--text_pair_column_name", "text_b"]
@@ -94,13 +93,11 @@ def systems(sources: list[str], folders: dict[str, Path], args) -> dict[str, lis
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple[str, str], list[float]] = {}
-    for row in rows:
-        groups.setdefault((row["target"], row["system"]), []).append(row["accuracy"])
     summary = []
-    for (target, system), scores in groups.items():
-        entry = {"target": target, "system": system, "accuracy": statistics.fmean(scores), "scores": scores}
-        entry["std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    for (target, system), runs in group_rows(rows, "target", "system").items():
+        scores = [r["accuracy"] for r in runs]
+        entry = {"target": target, "system": system, "scores": scores}
+        entry["accuracy"], entry["std"] = mean_std(scores)
         summary.append(entry)
     for entry in summary:
         base = next(

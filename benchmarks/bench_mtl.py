@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import ROOT, run_recipe
+from _common import ROOT, mean_std, run_recipe
 
 sys.path.insert(0, str(ROOT))
 from nlptransfer import TASK_KINDS, MultiTaskModel  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
         metric = TASK_KINDS[kind].default_metric
         m = [runs[seed][0][f"test_{name}_{metric}"] for seed in args.seeds]
         s = [runs[seed][1][name][f"test_{name}_{metric}"] for seed in args.seeds]
-        deltas = [100 * (a - b) for a, b in zip(m, s)]  # paired by seed
+        delta, delta_std = mean_std(100 * (a - b) for a, b in zip(m, s))  # paired by seed
         # the same on validation: what choosing between settings may look at (test never)
         val = [
             100 * (runs[seed][0][f"eval_{name}_{metric}"] - runs[seed][1][name][f"eval_{name}_{metric}"])
@@ -132,10 +132,10 @@ def main() -> None:
                 "metric": metric,
                 "multi_task": statistics.mean(m),
                 "single_task": statistics.mean(s),
-                "delta_points": statistics.mean(deltas),
+                "delta_points": delta,
                 "multi_task_scores": m,
                 "single_task_scores": s,
-                "delta_std_points": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+                "delta_std_points": delta_std,
                 "validation_delta_points": statistics.mean(val),
                 "multi_task_updates": results["task_batches"][name],
                 "single_task_updates": single[name]["train_steps"],
