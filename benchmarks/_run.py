@@ -3,17 +3,34 @@
     python benchmarks/_run.py recipes/finetune.py --train_file ... --output_dir ...
 
 Benchmarks start every system through this file in its own process, so peak RSS is per system.
+With NLPTRANSFER_RSS_TRACE=<file>, the resident memory is also written there every 0.2 s (seconds
+since start, MiB), to see which phase of a run sets its peak.
 """
 
 import json
+import os
 import resource
 import runpy
 import sys
+import threading
 import time
+
+
+def trace_rss(path: str, start: float) -> None:
+    with open(path, "w") as out:
+        while True:
+            with open("/proc/self/status") as status:
+                rss = next(line for line in status if line.startswith("VmRSS:")).split()[1]
+            out.write(f"{time.perf_counter() - start:.1f} {int(rss) / 1024:.0f}\n")
+            out.flush()
+            time.sleep(0.2)
+
 
 recipe, args = sys.argv[1], sys.argv[2:]
 sys.argv = [recipe, *args]
 start = time.perf_counter()
+if trace := os.environ.get("NLPTRANSFER_RSS_TRACE"):
+    threading.Thread(target=trace_rss, args=(trace, start), daemon=True).start()
 try:
     runpy.run_path(recipe, run_name="__main__")
 except SystemExit as exit_info:

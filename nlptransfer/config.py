@@ -134,6 +134,13 @@ class MultiTaskArguments:
         default=False, metadata={"help": "Draw the task per example (batches mix tasks) instead of per batch."}
     )
     loss_weighting: str = field(default="static", metadata={"help": "static (task weights) or uncertainty (learned)."})
+    loss_weighting_lr: float = field(
+        default=1e-2,
+        metadata={
+            "help": "LR of learned loss weights (uncertainty): AdamW moves a parameter by about its LR per step, so at "
+            "the model's 1e-4 the log-variances would barely leave 0 in a run and the weighting would stay static."
+        },
+    )
     adapter_per_task: bool = field(
         default=False, metadata={"help": "With --peft: one adapter per task on the shared encoder, not one shared."}
     )
@@ -149,6 +156,8 @@ class MultiTaskArguments:
         build_task_sampler(self.task_sampling, self.sampling_temperature)  # names the bad value, lists the known
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ConfigError(f"--loss_weighting {self.loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
+        if self.loss_weighting_lr <= 0:
+            raise ConfigError(f"--loss_weighting_lr must be positive, got {self.loss_weighting_lr}")
         if not self.tasks:
             raise ConfigError("give the tasks: a `tasks:` list in the --config YAML, or --tasks tasks.yaml")
         entries = self.tasks

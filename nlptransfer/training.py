@@ -119,12 +119,27 @@ def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool
 OPTIMIZERS = {"adamw_torch_fused": {"fused": True}, "adamw_torch": {"foreach": True}}
 
 
-def build_optimizer(model: torch.nn.Module, args, layerwise_lr_decay: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module,
+    args,
+    layerwise_lr_decay: float | None = None,
+    own_lr: Sequence[tuple[Sequence[torch.nn.Parameter], float]] = (),
+) -> torch.optim.Optimizer:
     """AdamW with one parameter group per layer group (`strategies.optimizer_groups`): biases and
-    LayerNorm weights get no weight decay; `layerwise_lr_decay` lowers the LR layer by layer downward."""
+    LayerNorm weights get no weight decay; `layerwise_lr_decay` lowers the LR layer by layer downward.
+    `own_lr` pairs (parameters, lr) take those parameters out of their group into one of their own, with
+    that LR and no weight decay (e.g. the learned loss weights of a multi-task model)."""
     from nlptransfer.strategies import optimizer_groups
 
     groups = optimizer_groups(model, args.learning_rate, args.weight_decay, layerwise_lr_decay)
+    moved = {id(p) for params, _ in own_lr for p in params}
+    for group in groups:
+        group["params"] = [p for p in group["params"] if id(p) not in moved]
+    top = max(group["layer_group"] for group in groups)
+    groups = [group for group in groups if group["params"]]
+    groups += [
+        {"params": list(params), "weight_decay": 0.0, "lr": lr, "layer_group": top} for params, lr in own_lr if params
+    ]
     return torch.optim.AdamW(
         groups,
         lr=args.learning_rate,

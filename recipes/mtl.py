@@ -115,7 +115,9 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         for split in ("validation", "test")
         if split in encoded[name]
     }
-    optimizer = build_optimizer(model, args, transfer_args.layerwise_lr_decay)
+    weighting = list(model.loss_weighting.parameters())  # learned loss weights train at their own LR
+    own_lr = [(weighting, mtl_args.loss_weighting_lr)] if weighting else []
+    optimizer = build_optimizer(model, args, transfer_args.layerwise_lr_decay, own_lr)
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()
     )

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from nlptransfer import MultiTaskModel, TaskSpec
+from nlptransfer import MultiTaskModel, TaskSpec, TrainArguments, build_optimizer
 from nlptransfer.batching import MultiTaskCollator, with_task
 from nlptransfer.data import encode_splits
 from nlptransfer.readers import Records
@@ -90,6 +90,27 @@ def test_static_weights_and_uncertainty_weighting(tiny_model):
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     assert learned.loss_weighting.log_vars.grad is not None and learned.loss_weighting.log_vars.grad.abs().sum() > 0
+
+
+def test_learned_loss_weights_train_at_their_own_lr(tiny_model):
+    """At the model's LR the log-variances would barely move; their own group lets them settle."""
+    moved = {}
+    for own in (None, 1e-2):
+        model = tiny_mtl(tiny_model, loss_weighting="uncertainty").train()
+        weighting = list(model.loss_weighting.parameters())
+        optimizer = build_optimizer(model, TrainArguments(learning_rate=1e-4), own_lr=[(weighting, own)] if own else [])
+        if own:  # every parameter once; the weights alone in a group with their LR and no decay
+            grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+            assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+            group = next(g for g in optimizer.param_groups if any(p is weighting[0] for p in g["params"]))
+            assert group["params"] == weighting and group["lr"] == own and group["weight_decay"] == 0.0
+        batch = mixed_batch(model)
+        for _ in range(20):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        moved[own] = float(model.loss_weighting.log_vars.detach().abs().max())
+    assert moved[None] < 0.01 < 0.1 < moved[1e-2]
 
 
 def test_unknown_task_and_missing_labels_are_clear(tiny_model):

@@ -1,0 +1,195 @@
+"""Where a training step's time goes: torch.profiler over bench_step's steps, time per kind of operation.
+
+    python benchmarks/profile_step.py                                  # TREC-6 and CoNLL-2003, the recipe's default
+    python benchmarks/profile_step.py --settings baseline bf16+fused_adamw --steps 20
+
+For each task and setting (bench_step's builds: the recipe's model, batches and optimizer), profiles
+`--steps` full steps after `--warmup`, sums each operator's self CPU time into the kinds of `KINDS`, and
+scales the shares to the un-profiled ms/step timed in the same run. It also times the encoder's own
+matmul shapes in isolation (tokens x hidden times hidden x 4*hidden, ...) to show how far even a perfect
+step could get on this CPU: the large-matmul peak that MFU is measured against is out of reach for
+MiniLM's small matrices. Peak RSS of the same steps comes from a fresh process per setting. Writes benchmarks/results/step_profile.json and prints markdown tables.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+from bench_finetune import peak_flops, train_flops_per_epoch
+from bench_step import SETTINGS, build, step
+from torch.profiler import ProfilerActivity, profile
+
+from _common import ROOT, TASKS
+
+# operator name -> kind (the first matching prefix wins); anything else is "other"
+KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul"),
+    "attention (SDPA kernel)": ("aten::_scaled_dot_product", "aten::_flash_attention"),
+    "optimizer (AdamW)": ("aten::_fused_adamw", "aten::_foreach_add", "aten::_foreach_mul", "aten::_foreach_lerp")
+    + ("aten::_foreach_addcmul", "aten::_foreach_addcdiv", "aten::_foreach_sqrt", "aten::_foreach_div", "Optimizer"),
+    "gradient clipping": ("aten::_foreach_norm", "aten::linalg_vector_norm", "aten::clamp", "aten::stack"),
+    "embeddings": ("aten::embedding", "aten::index_select", "aten::index_add", "aten::index_put", "aten::sort")
+    + ("aten::_embedding_bag",),
+    "layer norm / GELU / softmax / dropout": ("aten::native_layer_norm", "aten::gelu", "aten::_softmax")
+    + ("aten::native_dropout", "aten::bernoulli", "aten::_log_softmax", "aten::nll_loss", "aten::tanh")
+    + ("aten::softmax",),
+    "dtype casts (autocast)": ("aten::_to_copy", "aten::to", "aten::copy_", "aten::empty_strided"),
+    "elementwise (add, mul, fill, ...)": ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::fill_")
+    + ("aten::zero_", "aten::zeros", "aten::ones", "aten::sum", "aten::where", "aten::masked_fill", "aten::rsub"),
+    "views and reshapes": ("aten::view", "aten::reshape", "aten::t", "aten::transpose", "aten::permute")
+    + ("aten::expand", "aten::contiguous", "aten::clone", "aten::slice", "aten::select", "aten::unsqueeze")
+    + ("aten::as_strided", "aten::detach", "aten::_unsafe_view", "aten::split", "aten::chunk", "aten::squeeze"),
+}
+
+
+def kind_of(name: str) -> str:
+    # backward nodes ("autograd::engine::evaluate_function: AddmmBackward0") hold no self time of their own
+    return next((kind for kind, prefixes in KINDS.items() if name.startswith(prefixes)), "other")
+
+
+def profile_steps(model, optimizer, autocast, batches) -> dict:
+    """Self CPU time (s) and matmul FLOPs per kind over `batches`, one step each."""
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for batch in batches:
+            step(model, optimizer, autocast, batch)
+    seconds, flops, ops = {}, 0, {}
+    for event in prof.key_averages():
+        kind = kind_of(event.key)
+        seconds[kind] = seconds.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+        ops[event.key] = ops.get(event.key, 0.0) + event.self_cpu_time_total / 1e6
+        if kind == "matmul":
+            flops += event.flops or 0
+    top = dict(sorted(ops.items(), key=lambda item: -item[1])[:15])
+    return {"seconds": seconds, "matmul_flops": flops, "top_ops": top}
+
+
+def _status_mib(field: str) -> float:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def _steps_peak_rss(task, setting, batch_size, steps, queue) -> None:
+    model, optimizer, autocast, batches = build(task, setting, batch_size, batch_size * steps)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak: what loading took is not the step's
+    before = _status_mib("VmRSS")
+    for batch in batches[:steps]:
+        step(model, optimizer, autocast, batch)
+    queue.put((before, _status_mib("VmHWM")))
+
+
+def steps_peak_rss(task: str, setting: str, batch_size: int, steps: int, threads: int) -> tuple[float, float]:
+    """RSS (MiB) of a fresh process once built, and its peak over `steps` steps (Linux: the peak is reset
+    through /proc/self/clear_refs, so model loading and tokenizing do not count)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    torch.set_num_threads(threads)
+    child = context.Process(target=_steps_peak_rss, args=(task, setting, batch_size, steps, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def matmul_shapes(config, tokens: int) -> list[tuple[int, int, int, int]]:
+    """(m, k, n, count per layer) of the encoder's forward matmuls for a batch of `tokens` tokens."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    return [(tokens, hidden, hidden, 4), (tokens, hidden, inter, 1), (tokens, inter, hidden, 1)]
+
+
+def shape_flops(shapes, dtype, repeats: int = 20) -> float:
+    """FLOP/s of the given matmul shapes timed alone (weights and inputs fresh, best of 3 rounds)."""
+    mats = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), c) for m, k, n, c in shapes]
+    for a, b, _ in mats:
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for a, b, count in mats:
+                for _ in range(count):
+                    a @ b
+        best = min(best, time.perf_counter() - start)
+    return repeats * sum(2 * m * k * n * c for m, k, n, c in shapes) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--settings", nargs="+", default=["bf16+fused_adamw"], choices=list(SETTINGS))
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "step_profile.json"))
+    args = parser.parse_args()
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    peak = {name: peak_flops(name, threads) for name in ("fp32", "bf16")}
+    torch.set_num_threads(threads)
+    rows = []
+    for task in args.tasks:
+        for setting in args.settings:
+            model, optimizer, autocast, batches = build(
+                task, setting, args.batch_size, args.batch_size * (args.steps + args.warmup)
+            )
+            for batch in batches[: args.warmup]:
+                step(model, optimizer, autocast, batch)
+            timed = batches[args.warmup : args.warmup + args.steps]
+            start = time.perf_counter()
+            for batch in timed:
+                step(model, optimizer, autocast, batch)
+            wall = time.perf_counter() - start
+            profiled = profile_steps(model, optimizer, autocast, timed)
+            precision = "bf16" if "bf16" in setting else "fp32"
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            lengths = [int(n) for batch in timed for n in batch["attention_mask"].sum(1)]
+            padded = sum(b["input_ids"].numel() for b in timed) // len(timed)
+            shapes = matmul_shapes(model.config, padded)
+            total = sum(profiled["seconds"].values())
+            matmul_s = profiled["seconds"].get("matmul", 0.0)
+            rows.append(
+                {
+                    "task": task,
+                    "setting": setting,
+                    "precision": precision,
+                    "ms_per_step": 1000 * wall / len(timed),
+                    "mfu": train_flops_per_epoch(lengths) / wall / peak[precision],
+                    "padded_tokens_per_batch": padded,
+                    "share": {kind: s / total for kind, s in sorted(profiled["seconds"].items(), key=lambda x: -x[1])},
+                    "ms_per_step_by_kind": {
+                        kind: 1000 * wall / len(timed) * s / total for kind, s in profiled["seconds"].items()
+                    },
+                    "matmul_flops_per_second_in_step": profiled["matmul_flops"] / matmul_s if matmul_s else None,
+                    "encoder_matmul_shapes_flops_per_second_alone": shape_flops(shapes, dtype),
+                    "top_ops_profiled_s": profiled["top_ops"],
+                }
+            )
+            del model, optimizer, batches
+            before, after = steps_peak_rss(task, setting, args.batch_size, args.warmup + args.steps, threads)
+            rows[-1] |= {"rss_mib_before_steps": before, "peak_rss_mib_during_steps": after}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"peak_flops": peak, "threads": threads, "rows": rows}, indent=2) + "\n")
+
+    print(f"peak (2048² matmul): fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    for r in rows:
+        p = peak[r["precision"]]
+        in_step, alone = r["matmul_flops_per_second_in_step"], r["encoder_matmul_shapes_flops_per_second_alone"]
+        print(f"\n{r['task']} / {r['setting']}: {r['ms_per_step']:.0f} ms/step, MFU {100 * r['mfu']:.1f}%, peak RSS")
+        print(
+            f"{r['rss_mib_before_steps']:.0f} MiB before the steps, {r['peak_rss_mib_during_steps']:.0f} at most during"
+        )
+        print(
+            f"matmuls in the step: {in_step / 1e9:.0f} GFLOP/s ({100 * in_step / p:.0f}% of peak); the encoder's matmul "
+            f"shapes ({r['padded_tokens_per_batch']} tokens/batch) alone: {alone / 1e9:.0f} GFLOP/s ({100 * alone / p:.0f}%)"
+        )
+        print("| kind | share | ms/step |\n|---|---|---|")
+        for kind, share in r["share"].items():
+            print(f"| {kind} | {100 * share:.1f}% | {r['ms_per_step_by_kind'][kind]:.1f} |")
+    print(f"\nwritten to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
