@@ -14,7 +14,6 @@ Writes benchmarks/results/step.json and prints a markdown table.
 import argparse
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from nlptransfer import (
     parse_args,
     train_dataloader,
 )
-from nlptransfer.training import build_optimizer
+from nlptransfer.training import build_optimizer, cpu_cores
 
 from _common import ROOT, TASKS
 
@@ -126,20 +125,31 @@ def step(model, optimizer, autocast, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_arguments(parser: argparse.ArgumentParser, settings: list[str], steps: int, output: str) -> None:
+    """The flags bench_step.py and profile_step.py share."""
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=settings, choices=list(SETTINGS))
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "step.json"))
-    args = parser.parse_args()
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / output))
+
+
+def threads_and_peaks(requested: int | None) -> tuple[int, dict[str, float]]:
+    """The thread count (every core unless `requested`), set for torch after measuring the fp32/bf16 peaks."""
+    threads = requested or cpu_cores()
     peak = {name: peak_flops(name, threads) for name in ("fp32", "bf16")}
     torch.set_num_threads(threads)
+    return threads, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    step_arguments(parser, list(SETTINGS), 30, "step.json")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    threads, peak = threads_and_peaks(args.threads)
     rows = []
     for task in args.tasks:
         limit = args.batch_size * (args.steps + args.warmup)

@@ -14,17 +14,14 @@ MiniLM's small matrices. Peak RSS of the same steps comes from a fresh process p
 import argparse
 import json
 import multiprocessing
-import os
 import re
 import time
 from pathlib import Path
 
 import torch
-from bench_finetune import peak_flops, train_flops_per_epoch
-from bench_step import SETTINGS, build, step
+from bench_finetune import train_flops_per_epoch
+from bench_step import build, step, step_arguments, threads_and_peaks
 from torch.profiler import ProfilerActivity, profile
-
-from _common import ROOT, TASKS
 
 # operator name -> kind (the first matching prefix wins); anything else is "other"
 KINDS = {
@@ -118,17 +115,9 @@ def shape_flops(shapes, dtype, repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--settings", nargs="+", default=["bf16+fused_adamw"], choices=list(SETTINGS))
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "step_profile.json"))
+    step_arguments(parser, ["bf16+fused_adamw"], 20, "step_profile.json")
     args = parser.parse_args()
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    peak = {name: peak_flops(name, threads) for name in ("fp32", "bf16")}
-    torch.set_num_threads(threads)
+    threads, peak = threads_and_peaks(args.threads)
     rows = []
     for task in args.tasks:
         for setting in args.settings:
