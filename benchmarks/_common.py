@@ -64,3 +64,9 @@ def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     for row in rows:
         groups.setdefault(tuple(row[key] for key in keys), []).append(row)
     return groups
+
+
+def status_mib(field: str) -> float:
+    """A memory field of this process from /proc/self/status (VmRSS: resident now, VmHWM: its peak), in MiB."""
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(f"{field}:")).split()[1]) / 1024

@@ -15,13 +15,13 @@ import sys
 import threading
 import time
 
+from _common import status_mib
+
 
 def trace_rss(path: str, start: float) -> None:
     with open(path, "w") as out:
         while True:
-            with open("/proc/self/status") as status:
-                rss = next(line for line in status if line.startswith("VmRSS:")).split()[1]
-            out.write(f"{time.perf_counter() - start:.1f} {int(rss) / 1024:.0f}\n")
+            out.write(f"{time.perf_counter() - start:.1f} {status_mib('VmRSS'):.0f}\n")
             out.flush()
             time.sleep(0.2)
 

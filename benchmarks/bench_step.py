@@ -88,6 +88,10 @@ SETTINGS = {
 }
 
 
+def precision_of(setting: str) -> str:
+    return "bf16" if "bf16" in setting else "fp32"
+
+
 def build(task: str, setting: str, batch_size: int, limit: int):
     model_args, data_args, train_args = parse_args(
         ModelArguments,
@@ -168,7 +172,7 @@ def main() -> None:
             timed = batches[args.warmup : args.warmup + args.steps]
             lengths = [int(n) for batch in timed for n in batch["attention_mask"].sum(1)]
             flops = train_flops_per_epoch(lengths)
-            precision = "bf16" if "bf16" in name else "fp32"
+            precision = precision_of(name)
             rows.append(
                 {
                     "task": task,

@@ -8,20 +8,22 @@ For each task and setting (bench_step's builds: the recipe's model, batches and 
 scales the shares to the un-profiled ms/step timed in the same run. It also times the encoder's own
 matmul shapes in isolation (tokens x hidden times hidden x 4*hidden, ...) to show how far even a perfect
 step could get on this CPU: the large-matmul peak that MFU is measured against is out of reach for
-MiniLM's small matrices. Peak RSS of the same steps comes from a fresh process per setting. Writes benchmarks/results/step_profile.json and prints markdown tables.
+MiniLM's small matrices. Peak RSS of the same steps comes from a fresh process per setting.
+Writes benchmarks/results/step_profile.json and prints markdown tables.
 """
 
 import argparse
 import json
 import multiprocessing
-import re
 import time
 from pathlib import Path
 
 import torch
 from bench_finetune import train_flops_per_epoch
-from bench_step import build, step, step_arguments, threads_and_peaks
+from bench_step import build, precision_of, step, step_arguments, threads_and_peaks
 from torch.profiler import ProfilerActivity, profile
+
+from _common import status_mib
 
 # operator name -> kind (the first matching prefix wins); anything else is "other"
 KINDS = {
@@ -65,17 +67,14 @@ def profile_steps(model, optimizer, autocast, batches) -> dict:
     return {"seconds": seconds, "matmul_flops": flops, "top_ops": top}
 
 
-def _status_mib(field: str) -> float:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
-def _steps_peak_rss(task, setting, batch_size, steps, queue) -> None:
+def _steps_peak_rss(task, setting, batch_size, steps, threads, queue) -> None:
+    torch.set_num_threads(threads)
     model, optimizer, autocast, batches = build(task, setting, batch_size, batch_size * steps)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak: what loading took is not the step's
-    before = _status_mib("VmRSS")
+    before = status_mib("VmRSS")
     for batch in batches[:steps]:
         step(model, optimizer, autocast, batch)
-    queue.put((before, _status_mib("VmHWM")))
+    queue.put((before, status_mib("VmHWM")))
 
 
 def steps_peak_rss(task: str, setting: str, batch_size: int, steps: int, threads: int) -> tuple[float, float]:
@@ -83,8 +82,7 @@ def steps_peak_rss(task: str, setting: str, batch_size: int, steps: int, threads
     through /proc/self/clear_refs, so model loading and tokenizing do not count)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    torch.set_num_threads(threads)
-    child = context.Process(target=_steps_peak_rss, args=(task, setting, batch_size, steps, queue))
+    child = context.Process(target=_steps_peak_rss, args=(task, setting, batch_size, steps, threads, queue))
     child.start()
     result = queue.get()
     child.join()
@@ -131,8 +129,9 @@ def main() -> None:
             for batch in timed:
                 step(model, optimizer, autocast, batch)
             wall = time.perf_counter() - start
+            ms_per_step = 1000 * wall / len(timed)
             profiled = profile_steps(model, optimizer, autocast, timed)
-            precision = "bf16" if "bf16" in setting else "fp32"
+            precision = precision_of(setting)
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             lengths = [int(n) for batch in timed for n in batch["attention_mask"].sum(1)]
             padded = sum(b["input_ids"].numel() for b in timed) // len(timed)
@@ -144,13 +143,11 @@ def main() -> None:
                     "task": task,
                     "setting": setting,
                     "precision": precision,
-                    "ms_per_step": 1000 * wall / len(timed),
+                    "ms_per_step": ms_per_step,
                     "mfu": train_flops_per_epoch(lengths) / wall / peak[precision],
                     "padded_tokens_per_batch": padded,
                     "share": {kind: s / total for kind, s in sorted(profiled["seconds"].items(), key=lambda x: -x[1])},
-                    "ms_per_step_by_kind": {
-                        kind: 1000 * wall / len(timed) * s / total for kind, s in profiled["seconds"].items()
-                    },
+                    "ms_per_step_by_kind": {kind: ms_per_step * s / total for kind, s in profiled["seconds"].items()},
                     "matmul_flops_per_second_in_step": profiled["matmul_flops"] / matmul_s if matmul_s else None,
                     "encoder_matmul_shapes_flops_per_second_alone": shape_flops(shapes, dtype),
                     "top_ops_profiled_s": profiled["top_ops"],
