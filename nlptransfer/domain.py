@@ -61,6 +61,15 @@ class DomainArguments:
         default=10.0, metadata={"help": "Reversal strength warm-up: 2 / (1 + exp(-gamma * progress)) - 1."}
     )
     domain_hidden_size: int = field(default=256, metadata={"help": "Hidden width of the domain classifier MLP."})
+    domain_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "LR of the (new, randomly initialised) domain classifier; default 10x --learning_rate, the ratio "
+            "DANN implementations commonly give new layers over a pretrained backbone (e.g. the Transfer-Learning-"
+            "Library). At the encoder's fine-tuning LR it hardly moves from its random start in a few hundred "
+            "steps, and the reversed gradient of a near-random discriminator is noise."
+        },
+    )
 
     def __post_init__(self):
         if not self.source_file or not self.target_file:
@@ -69,6 +78,12 @@ class DomainArguments:
             raise ConfigError(f"--method {self.method!r} is not one of {sorted(DOMAIN_METHODS)}")
         if self.test_size < 1:
             raise ConfigError(f"--test_size must be at least 1, got {self.test_size}")
+        if self.domain_learning_rate is not None and self.domain_learning_rate <= 0:
+            raise ConfigError(f"--domain_learning_rate must be positive, got {self.domain_learning_rate}")
+
+    def domain_lr(self, learning_rate: float) -> float:
+        """The domain classifier's LR: --domain_learning_rate, else 10x the encoder's."""
+        return self.domain_learning_rate or 10 * learning_rate
 
 
 def split_domain(records: Records, test_size: int, seed: int) -> tuple[Records, Records]:

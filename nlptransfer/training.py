@@ -132,6 +132,7 @@ def build_optimizer(
     from nlptransfer.strategies import optimizer_groups
 
     groups = optimizer_groups(model, args.learning_rate, args.weight_decay, layerwise_lr_decay)
+    own_lr = [(list(params), lr) for params, lr in own_lr]  # iterated twice: a generator would be spent
     moved = {id(p) for params, _ in own_lr for p in params}
     for group in groups:
         group["params"] = [p for p in group["params"] if id(p) not in moved]

@@ -110,7 +110,9 @@ def main(argv=None):
     eval_loaders = [
         eval_dataloader(encoded[split].features, args.per_device_eval_batch_size, collator) for split in eval_splits
     ]
-    optimizer = build_optimizer(model, args)
+    # the domain classifier starts from random: its own, higher LR (it must discriminate for the GRL to align)
+    own_lr = [(model.domain_head.parameters(), domain_args.domain_lr(args.learning_rate))] if method.adversarial else []
+    optimizer = build_optimizer(model, args, own_lr=own_lr)
     model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
     steps = total_steps(len(train_loader), args)
     scheduler = accelerator.prepare(build_scheduler(optimizer, steps, args, accelerator.num_processes))
