@@ -74,13 +74,16 @@ def main() -> None:
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--cpu_threads", type=int, default=None, help="torch threads of the serving measurement (default: every core)"
+    )
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         config["num_train_epochs"] = 1
         for task in config["tasks"]:
             task.update(max_train_samples=300, max_eval_samples=200, max_test_samples=200)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.cpu_threads or len(os.sched_getaffinity(0)))
 
     with tempfile.TemporaryDirectory(prefix="bench_mtl_") as scratch:
         workdir = Path(args.workdir or scratch)
