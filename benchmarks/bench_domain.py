@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--domain_loss_weight", type=float, default=0.1)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads per run (default: every core)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -52,6 +53,8 @@ def main() -> None:
         "--per_device_train_batch_size",
         "16",
     ]
+    if args.cpu_threads:
+        extra += ["--cpu_threads", str(args.cpu_threads)]
 
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"domain{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
