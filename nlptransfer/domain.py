@@ -64,10 +64,8 @@ class DomainArguments:
     domain_learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "LR of the (new, randomly initialised) domain classifier; default 10x --learning_rate, the ratio "
-            "DANN implementations commonly give new layers over a pretrained backbone (e.g. the Transfer-Learning-"
-            "Library). At the encoder's fine-tuning LR it hardly moves from its random start in a few hundred "
-            "steps, and the reversed gradient of a near-random discriminator is noise."
+            "help": "LR of the domain classifier (default: --learning_rate). A new layer often gets 10x the "
+            "pretrained encoder's LR; here that made DANN worse (books->kitchen, seed 42: target 0.773 vs 0.818)."
         },
     )
 
@@ -80,10 +78,6 @@ class DomainArguments:
             raise ConfigError(f"--test_size must be at least 1, got {self.test_size}")
         if self.domain_learning_rate is not None and self.domain_learning_rate <= 0:
             raise ConfigError(f"--domain_learning_rate must be positive, got {self.domain_learning_rate}")
-
-    def domain_lr(self, learning_rate: float) -> float:
-        """The domain classifier's LR: --domain_learning_rate, else 10x the encoder's."""
-        return self.domain_learning_rate or 10 * learning_rate
 
 
 def split_domain(records: Records, test_size: int, seed: int) -> tuple[Records, Records]:

@@ -110,8 +110,9 @@ def main(argv=None):
     eval_loaders = [
         eval_dataloader(encoded[split].features, args.per_device_eval_batch_size, collator) for split in eval_splits
     ]
-    # the domain classifier starts from random: its own, higher LR (it must discriminate for the GRL to align)
-    own_lr = [(model.domain_head.parameters(), domain_args.domain_lr(args.learning_rate))] if method.adversarial else []
+    own_lr = []  # the domain classifier at its own LR, if given (else in the head's group)
+    if method.adversarial and domain_args.domain_learning_rate:
+        own_lr = [(model.domain_head.parameters(), domain_args.domain_learning_rate)]
     optimizer = build_optimizer(model, args, own_lr=own_lr)
     model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
     steps = total_steps(len(train_loader), args)
