@@ -86,6 +86,14 @@ def folder_name(model: str, seed: int | None = None, first_seed: int | None = No
     return name if seed is None or seed == first_seed else f"{name}_seed{seed}"
 
 
+def settings(flags: list[str]) -> dict[str, str]:
+    """What a run's flags set, the last value of a repeated flag winning (as in the recipes' parser); paths
+    reduced to their last part (a workdir may move) and --cpu_threads left out (it does not change the run)."""
+    values = dict(zip(flags[::2], flags[1::2]))
+    values.pop("--cpu_threads", None)
+    return {k: Path(v).name if k in ("--teacher_name_or_path", "--teacher_cache_dir") else v for k, v in values.items()}
+
+
 def plan(task_dir: Path, args) -> list[dict]:
     """One task's systems in training order: recipe, flags, and what the table says about each."""
     distil = ["--alpha", str(args.alpha), "--temperature", str(args.temperature)]
@@ -276,8 +284,14 @@ def main() -> None:
                 folders.setdefault(name, folder)
                 done = folder / "bench_row.json"
                 if done.exists():
+                    row = json.loads(done.read_text())
+                    stale = settings(row["args"]).items() ^ settings([*common, *system["flags"]]).items()
+                    if stale:  # e.g. a student trained with another --student_lr: never reuse it silently
+                        raise SystemExit(
+                            f"{done} was trained with other settings ({sorted(stale)}): use another --workdir"
+                        )
                     print(f"{task} / {name} / seed {seed}: already trained in {folder}", flush=True)
-                    rows.append({"seed": seed, **json.loads(done.read_text())})
+                    rows.append({"seed": seed, **row})
                     continue
                 print(f"running {task} / {name} / seed {seed} ...", flush=True)
                 flags = [*spec["args"], *common, *system.pop("flags")]
