@@ -20,7 +20,6 @@ Writes benchmarks/results/distill[_quick].json after every system and prints a m
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,10 +47,9 @@ def throughput(
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     from nlptransfer import count_parameters
+    from nlptransfer.training import cpu_cores
 
-    torch.set_num_threads(
-        threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    )
+    torch.set_num_threads(threads or cpu_cores())
     words = isinstance(inputs[0], list)
     auto = AutoModelForTokenClassification if words else AutoModelForSequenceClassification
     prepared = {}

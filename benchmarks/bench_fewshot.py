@@ -22,7 +22,6 @@ evaluations are reused. Writes benchmarks/results/fewshot[_quick].json as it goe
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -232,8 +231,9 @@ def main() -> None:
 
     from nlptransfer import read_file
     from nlptransfer.episodes import split_classes
+    from nlptransfer.training import cpu_cores
 
-    torch.set_num_threads(args.cpu_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.cpu_threads or cpu_cores())
     records = read_file(str(TREC_TRAIN))
     meta_train, meta_test = split_classes(
         sorted({row["fine_label"] for row in records.rows}), args.meta_test_classes, args.class_split_seed

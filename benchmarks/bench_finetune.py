@@ -225,7 +225,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.seeds = 1, args.seeds[:1]
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from nlptransfer.training import cpu_cores
+
+    threads = cpu_cores()
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"finetune{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
 

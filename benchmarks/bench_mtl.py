@@ -14,7 +14,6 @@ prints a markdown table.
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -31,6 +30,7 @@ from _common import ROOT, mean_std, run_recipe
 sys.path.insert(0, str(ROOT))
 from nlptransfer import TASK_KINDS, MultiTaskModel  # noqa: E402
 from nlptransfer.readers import read_file  # noqa: E402
+from nlptransfer.training import cpu_cores  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
 
@@ -83,7 +83,7 @@ def main() -> None:
         config["num_train_epochs"] = 1
         for task in config["tasks"]:
             task.update(max_train_samples=300, max_eval_samples=200, max_test_samples=200)
-    torch.set_num_threads(args.cpu_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.cpu_threads or cpu_cores())
 
     with tempfile.TemporaryDirectory(prefix="bench_mtl_") as scratch:
         workdir = Path(args.workdir or scratch)
