@@ -15,6 +15,9 @@ With `--workdir`, a system whose folder already holds its result (`bench_row.jso
 again, so a long run can be split (`--skip_mpnet` first, then again without it) or resumed.
 `--student_seeds 42 43 44` trains every cut student once per seed (the teachers once): the table gives
 mean ± std over seeds and the gain over labels-only paired by seed; the first seed's models are timed.
+`--transfer_file` gives the distilled cut students unlabelled text that the teacher labels (a transfer
+set, e.g. AG News descriptions for CoNLL's news); `--distill_epochs` sets their epochs apart, since an
+epoch then holds more rows.
 Writes benchmarks/results/distill[_quick].json after every system and prints a markdown table.
 """
 
@@ -89,13 +92,19 @@ def settings(flags: list[str]) -> dict[str, str]:
     reduced to their last part (a workdir may move) and --cpu_threads left out (it does not change the run)."""
     values = dict(zip(flags[::2], flags[1::2]))
     values.pop("--cpu_threads", None)
-    return {k: Path(v).name if k in ("--teacher_name_or_path", "--teacher_cache_dir") else v for k, v in values.items()}
+    paths = ("--teacher_name_or_path", "--teacher_cache_dir", "--transfer_file")
+    return {k: Path(v).name if k in paths else v for k, v in values.items()}
 
 
 def plan(task_dir: Path, args) -> list[dict]:
     """One task's systems in training order: recipe, flags, and what the table says about each."""
     distil = ["--alpha", str(args.alpha), "--temperature", str(args.temperature)]
     cache = ["--teacher_cache_dir", str(task_dir / "teacher_cache")]  # each teacher's logits computed once
+    transfer = ["--transfer_file", args.transfer_file] if args.transfer_file else []
+    if args.transfer_file and args.max_transfer_samples:
+        transfer += ["--max_transfer_samples", str(args.max_transfer_samples)]
+    if args.distill_epochs:
+        transfer += ["--num_train_epochs", str(args.distill_epochs)]  # the last value of a flag wins
     minilm, mpnet = "MiniLM-6 teacher", "mpnet-12 teacher"
     systems = [
         {
@@ -126,7 +135,7 @@ def plan(task_dir: Path, args) -> list[dict]:
             systems.append(
                 {
                     "model": f"{n}L distilled",
-                    "flags": [*cut_seed, *distil, *cache],
+                    "flags": [*cut_seed, *distil, *cache, *transfer],
                     "training": "distilled",
                     "baseline": f"{n}L labels",
                     **common,
@@ -255,6 +264,13 @@ def main() -> None:
     parser.add_argument(
         "--student_seeds", nargs="+", type=int, default=None, help="seeds of the cut students (default: --seed)"
     )
+    parser.add_argument(
+        "--transfer_file", default=None, help="unlabelled text the teacher labels for the distilled cut students"
+    )
+    parser.add_argument("--max_transfer_samples", type=int, default=None, help="first N rows of --transfer_file")
+    parser.add_argument(
+        "--distill_epochs", type=float, default=None, help="epochs of the distilled cut students (default: theirs)"
+    )
     parser.add_argument("--skip_mpnet", action="store_true", help="leave out the mpnet -> MiniLM pair")
     parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per model (best is kept)")
@@ -303,6 +319,7 @@ def main() -> None:
                         "train_runtime_s": results["train_runtime"],
                         "teacher_targets": results.get("teacher_targets"),
                         "teacher_targets_s": results.get("teacher_targets_seconds"),
+                        "transfer_rows": results.get("transfer_rows", 0),
                         "peak_rss_mib": results["peak_rss_mib"],
                         "args": flags[len(spec["args"]) :],
                         "seed": seed,

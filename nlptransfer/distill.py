@@ -76,6 +76,17 @@ class DistillArguments:
         default=None, metadata={"help": "Where cached teacher logits go (default: <output_dir>/teacher_cache)."}
     )
     teacher_batch_size: int = field(default=64, metadata={"help": "Batch size of the teacher's inference pass."})
+    transfer_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Unlabelled text for the teacher to label (a transfer set): the student also learns these rows "
+            "from the teacher's soft targets alone. Same columns as the training file without labels; NER also "
+            "takes plain text in the text column, split into words. Needs --alpha > 0 and cached logits."
+        },
+    )
+    max_transfer_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N rows of --transfer_file."}
+    )
 
     def __post_init__(self):
         if not self.teacher_name_or_path:
@@ -93,6 +104,13 @@ class DistillArguments:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.teacher_batch_size < 1:
             raise ConfigError(f"--teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
+        if self.transfer_file and (self.alpha == 0 or self.matches_states):
+            raise ConfigError(
+                "--transfer_file rows have no labels: they need soft targets (--alpha > 0) from cached teacher "
+                "logits (no --hidden_loss / --attention_weight)"
+            )
+        if self.max_transfer_samples is not None and self.max_transfer_samples < 1:
+            raise ConfigError(f"--max_transfer_samples must be at least 1, got {self.max_transfer_samples}")
         parse_layer_map(self.layer_map)  # the syntax; ranges are checked against the models
         self.layers()
 

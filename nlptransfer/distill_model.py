@@ -98,7 +98,10 @@ class DistillationModel(nn.Module):
         teacher = self.teacher
         want_hidden, want_attention = self.hidden_loss is not None, self.attention_weight > 0
         out = self.student(**inputs, output_hidden_states=want_hidden, output_attentions=want_attention)
-        loss, parts = (1.0 - self.alpha) * out.loss, {"gold_loss": out.loss.detach()}
+        gold = out.loss
+        if labels.dtype == torch.long and not (labels != -100).any():  # transfer rows only: no gold loss (not NaN)
+            gold = out.logits.sum() * 0.0
+        loss, parts = (1.0 - self.alpha) * gold, {"gold_loss": gold.detach()}
         token_level, mask = out.logits.dim() == 3, None
         if teacher is not None:
             self._move_teacher(inputs["input_ids"].device)

@@ -8,6 +8,10 @@ long sentences into.
 
     targets, status = cached_teacher_targets(teacher, splits["train"], spec, 128, "runs/x/teacher_cache")
     train_features = targets.attach(encoded["train"])   # each feature gains `teacher_logits`
+
+A *transfer set* (`read_transfer_set`) is unlabelled text the teacher labels for the student: its rows
+get soft targets only (`without_labels`), so the student learns from more of the teacher's knowledge
+than the labelled rows hold (XtremeDistil, Mukherjee & Awadallah 2020, for NER).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +31,18 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from nlptransfer.batching import PaddingCollator
+from nlptransfer.config import ConfigError
 from nlptransfer.data import encode_splits
 from nlptransfer.distill import Teacher
-from nlptransfer.readers import Records
+from nlptransfer.readers import DataError, Records, read_file
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+
+# words as CoNLL-style corpora cut them: "U.S." whole, "Smith's" whole, punctuation apart from words
+WORD = re.compile(r"(?:\w\.){2,}|\w+(?:[-'&]\w+)*|[^\w\s]")
 
 
 @dataclass
@@ -185,3 +194,49 @@ def cached_teacher_targets(
     metadata = {"teacher": teacher.path, "task": str(teacher.task), "rows": str(len(records)), "source": records.source}
     targets.save(path, metadata)
     return targets, "written"
+
+
+# ---- transfer sets: unlabelled rows the teacher labels -------------------------------------------
+def read_transfer_set(path: str, spec: TaskSpec, limit: int | None = None) -> Records:
+    """The first `limit` rows of an unlabelled file, in the task's columns. NER rows take the word list
+    in `spec.tokens_column` or, failing that, split `spec.text_column` into words (`WORD`); sequence
+    tasks take `spec.text_column` (and the pair column). Each row carries the first label as a
+    placeholder, since the encoders need one; `without_labels` removes it after encoding."""
+    kind = TASK_KINDS[spec.kind]
+    if not kind.has_label_set:
+        raise ConfigError(f"--transfer_file: a {spec.kind} task has no soft targets to distil from unlabelled rows")
+    records = read_file(path)
+    if limit is not None:
+        records = records.select(list(range(min(limit, len(records)))))
+    placeholder, rows, lines = spec.labels[0], [], []
+    for index, row in enumerate(records.rows):
+        if kind.head == "token":
+            words = row.get(spec.tokens_column)
+            if words is None:
+                text = row.get(spec.text_column)
+                if not isinstance(text, str):
+                    raise DataError(
+                        f"{records.where(index)}: a transfer row needs a word list {spec.tokens_column!r} or a "
+                        f"text {spec.text_column!r}; this row has {sorted(row)}"
+                    )
+                words = WORD.findall(text)
+            if not words:
+                continue  # an empty text teaches nothing
+            rows.append({spec.tokens_column: words, spec.tags_column: [placeholder] * len(words)})
+        else:
+            columns = [c for c in (spec.text_column, spec.text_pair_column) if c]
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise DataError(
+                    f"{records.where(index)}: a transfer row needs field(s) {missing}; it has {sorted(row)}"
+                )
+            rows.append({**{c: row[c] for c in columns}, spec.label_column: placeholder})
+        lines.append(records.lines[index])
+    if not rows:
+        raise DataError(f"{path}: no transfer rows with text found")
+    return Records(records.source, rows, lines, records.unit)
+
+
+def without_labels(features: list[dict]) -> list[dict]:
+    """Features whose gold labels are gone (-100): only their `teacher_logits` teach the student."""
+    return [{**f, "labels": [-100] * len(f["labels"]) if isinstance(f["labels"], list) else -100} for f in features]

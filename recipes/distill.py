@@ -14,7 +14,8 @@
 The teacher (a fine-tuning, LoRA or multi-task run folder) reads the training rows once with its own
 tokenizer; its logits are cached under --teacher_cache_dir and reused by later runs. --hidden_loss and
 --attention_weight match states with a live teacher (same tokenizer only). --alpha 0 trains the same
-student on the labels alone. The student is saved as a plain model folder that loads in a `pipeline`.
+student on the labels alone. --transfer_file adds unlabelled text that the teacher labels: those rows
+teach the student through the soft targets alone. The student is saved as a plain model folder that loads in a `pipeline`.
 """
 
 import sys
@@ -50,7 +51,7 @@ from nlptransfer.distill_losses import parse_layer_map
 from nlptransfer.distill_model import DistillationModel, DistillCollator
 from nlptransfer.hub import push_run
 from nlptransfer.tasks import TASK_KINDS
-from nlptransfer.teacher_targets import cached_teacher_targets
+from nlptransfer.teacher_targets import cached_teacher_targets, read_transfer_set, without_labels
 
 
 def main(argv=None):
@@ -80,19 +81,26 @@ def main(argv=None):
         train_features = encoded["train"].features
         if distill_args.alpha > 0 and not live:
             cache_dir = distill_args.teacher_cache_dir or f"{args.output_dir}/teacher_cache"
-            start = time.perf_counter()
-            targets, status = cached_teacher_targets(
+            label_with_teacher = partial(
+                cached_teacher_targets,
                 teacher,
-                splits["train"],
-                spec,
-                data_args.max_seq_length,
-                cache_dir if distill_args.cache_teacher else None,
-                distill_args.teacher_batch_size,
-                accelerator.device,
+                spec=spec,
+                max_length=data_args.max_seq_length,
+                cache_dir=cache_dir if distill_args.cache_teacher else None,
+                batch_size=distill_args.teacher_batch_size,
+                device=accelerator.device,
                 progress=not args.disable_tqdm and accelerator.is_local_main_process,
             )
-            teacher_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            targets, status = label_with_teacher(splits["train"])
             train_features = targets.attach(encoded["train"])
+            if distill_args.transfer_file:  # unlabelled rows: the teacher's soft targets are all they teach
+                splits["transfer"] = read_transfer_set(
+                    distill_args.transfer_file, spec, distill_args.max_transfer_samples
+                )
+                transfer = encode_splits({"train": splits["transfer"]}, spec, tokenizer, data_args.max_seq_length)
+                train_features += without_labels(label_with_teacher(splits["transfer"])[0].attach(transfer["train"]))
+            teacher_seconds = time.perf_counter() - start
     accelerator.print({split: len(records) for split, records in splits.items()}, f"teacher targets: {status}")
 
     # the student in training: gold loss, soft targets and (live) state matching in one forward
@@ -157,6 +165,7 @@ def main(argv=None):
         teacher_source=teacher_source,
         teacher_targets=status,
         teacher_targets_seconds=teacher_seconds,
+        transfer_rows=len(splits.get("transfer", ())),
         alpha=distill_args.alpha,
         temperature=distill_args.temperature,
         parameters_in_sync=parameters_in_sync(accelerator, model),  # DDP kept every rank identical

@@ -543,6 +543,121 @@ def test_bad_input_gives_clear_errors(tiny_model, cls_teacher, ner_teacher, othe
         ({"student_layers": "first"}, "expected 0-based layer numbers"),
         ({"layer_map": "1;2"}, "expected 'auto' or pairs"),
         ({"teacher_name_or_path": None}, "give --teacher_name_or_path"),
+        ({"transfer_file": "x.jsonl", "alpha": 0}, "--transfer_file rows have no labels"),
+        ({"transfer_file": "x.jsonl", "hidden_loss": "mse"}, "--transfer_file rows have no labels"),
+        ({"transfer_file": "x.jsonl", "max_transfer_samples": 0}, "--max_transfer_samples must be at least 1"),
     ):
         with pytest.raises(ConfigError, match=match):
             DistillArguments(**{"teacher_name_or_path": "runs/x", **bad})
+
+
+# ---- transfer sets: unlabelled text the teacher labels ----------------------------------------
+def test_transfer_set_rows_in_the_task_columns_and_clear_errors(tmp_path):
+    from nlptransfer.readers import DataError
+    from nlptransfer.teacher_targets import read_transfer_set, without_labels
+
+    ner = TaskSpec(name="t", kind="ner", labels=["O", "B-PER"])
+    texts = tmp_path / "news.jsonl"
+    texts.write_text(
+        json.dumps({"text": "U.S. troops met Anna's team in Paris-Nord today."})
+        + "\n"
+        + json.dumps({"text": "  "})
+        + "\n"  # empty: skipped
+        + json.dumps({"tokens": ["Bob", "met", "Chen"]})
+        + "\n"  # words given: kept as they are
+    )
+    rows = read_transfer_set(str(texts), ner)
+    assert rows.rows == [
+        {
+            "tokens": ["U.S.", "troops", "met", "Anna's", "team", "in", "Paris-Nord", "today", "."],
+            "ner_tags": ["O"] * 9,
+        },
+        {"tokens": ["Bob", "met", "Chen"], "ner_tags": ["O"] * 3},
+    ]
+    assert rows.lines == [1, 3] and len(read_transfer_set(str(texts), ner, limit=1)) == 1
+
+    pairs = TaskSpec(name="t", kind="classification", labels=["no", "yes"], text_pair_column="text_b")
+    rows = read_transfer_set(str(_jsonl(tmp_path / "pairs.jsonl", [{"text": "a", "text_b": "b", "id": 1}])), pairs)
+    assert rows.rows == [{"text": "a", "text_b": "b", "label": "no"}]
+    with pytest.raises(DataError, match=r"pairs2.jsonl:2: a transfer row needs field\(s\) \['text_b'\]"):
+        read_transfer_set(str(_jsonl(tmp_path / "pairs2.jsonl", [{"text": "a", "text_b": "b"}, {"text": "c"}])), pairs)
+    with pytest.raises(DataError, match=r"words.jsonl:1: a transfer row needs a word list 'tokens' or a text 'text'"):
+        read_transfer_set(str(_jsonl(tmp_path / "words.jsonl", [{"sentence": "x"}])), ner)
+    with pytest.raises(ConfigError, match="a regression task has no soft targets"):
+        read_transfer_set(str(texts), TaskSpec(name="t", kind="regression"))
+
+    features = [{"input_ids": [2, 7, 3], "labels": [-100, 0, -100]}, {"input_ids": [2, 3], "labels": 1}]
+    assert [f["labels"] for f in without_labels(features)] == [[-100, -100, -100], -100]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_batch_of_transfer_rows_alone_has_a_finite_loss_from_the_soft_targets(tiny_model):
+    from transformers import AutoModelForTokenClassification
+
+    from nlptransfer.distill_losses import kd_loss
+    from nlptransfer.distill_model import DistillationModel
+
+    student = AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=3)
+    model = DistillationModel(student, alpha=0.5, temperature=2.0)
+    ids = torch.tensor([[2, 9, 10, 3]])
+    teacher_logits = torch.full((1, 4, 3), float("nan"))
+    teacher_logits[0, 1:3] = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    out = model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        labels=torch.full_like(ids, -100),
+        teacher_logits=teacher_logits,
+    )
+    assert out.gold_loss.item() == 0.0 and torch.isfinite(out.loss)
+    expected = kd_loss(out.logits, teacher_logits, 2.0, ~teacher_logits.isnan().any(-1))
+    assert torch.allclose(out.loss, 0.5 * expected)
+    out.loss.backward()
+    assert student.classifier.weight.grad.abs().sum() > 0
+
+
+def test_a_transfer_set_teaches_a_student_that_saw_few_labels(tiny_model, cls_teacher, cls_files, tmp_path):
+    # 12 labelled rows; the other training texts, without their labels, as the transfer set
+    rows = [json.loads(line) for line in Path(cls_files["train"]).read_text().splitlines()]
+    texts = _jsonl(tmp_path / "texts.jsonl", [{"text": row["text"]} for row in rows[12:]])
+    # the student is the untrained tiny BERT (a student cut from the teacher would start out knowing the task)
+    common = ["--max_train_samples", "12", "--max_steps", "150", "--mixed_precision", "no"]
+    alone = run(RECIPE, distill_args(cls_teacher, tiny_model, cls_files, tmp_path / "alone", *common))
+    taught = run(
+        RECIPE,
+        distill_args(cls_teacher, tiny_model, cls_files, tmp_path / "taught", *common, "--transfer_file", str(texts)),
+    )
+    assert alone["transfer_rows"] == 0 and taught["transfer_rows"] == len(rows) - 12
+    assert taught["test_accuracy"] >= 0.8, taught
+    assert taught["test_accuracy"] >= alone["test_accuracy"] + 0.1, (alone["test_accuracy"], taught["test_accuracy"])
+
+
+def test_ner_transfer_text_is_split_into_words_and_labelled_by_the_teacher(
+    tiny_model, ner_teacher, ner_files, tmp_path
+):
+    rows = [json.loads(line) for line in Path(ner_files["train"]).read_text().splitlines()]
+    texts = _jsonl(tmp_path / "texts.jsonl", [{"text": " ".join(row["tokens"])} for row in rows[8:]])
+    results = run(
+        RECIPE,
+        distill_args(
+            ner_teacher,
+            tiny_model,
+            ner_files,
+            tmp_path / "ner",
+            "--task_type",
+            "ner",
+            "--max_train_samples",
+            "8",
+            "--max_steps",
+            "60",
+            "--transfer_file",
+            str(texts),
+            "--max_transfer_samples",
+            "200",
+        ),
+    )
+    assert results["transfer_rows"] == 200 and results["teacher_targets"] == "written"
+    assert results["test_f1"] >= 0.8, results
