@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -38,19 +39,38 @@ class MultiTaskCollator(PaddingCollator):
         self.task_names = list(task_names)
 
     def __call__(self, features: Sequence[dict]) -> dict:
-        batch = super().__call__([{k: v for k, v in f.items() if k != "labels"} for f in features])
+        per_task = ("labels", "teacher_logits")
+        batch = super().__call__([{k: v for k, v in f.items() if k not in per_task} for f in features])
         if "labels" not in features[0]:
             return batch
         width = batch["input_ids"].shape[1]
-        labels = {}
+        labels, targets = {}, {}
         for index, name in enumerate(self.task_names):
-            rows = [f["labels"] for f in features if f["task_ids"] == index]
-            if rows and isinstance(rows[0], list):
-                rows = [row + [-100] * (width - len(row)) for row in rows]
-            if rows:
-                labels[name] = torch.tensor(rows)
+            rows = [f for f in features if f["task_ids"] == index]
+            if not rows:
+                continue
+            if isinstance(rows[0]["labels"], list):
+                labels[name] = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in rows])
+            else:
+                labels[name] = torch.tensor([f["labels"] for f in rows])
+            if "teacher_logits" in rows[0]:  # a task with a teacher (`MultiTaskDistillation`)
+                targets[name] = pad_targets([f["teacher_logits"] for f in rows], width)
         batch["labels"] = labels
+        if targets:
+            batch["teacher_logits"] = targets
         return batch
+
+
+def pad_targets(targets: Sequence, width: int) -> torch.Tensor:
+    """Teacher logits as one tensor: (rows, classes), or (rows, width, classes) for token tasks, padded
+    with NaN (no target there)."""
+    targets = [np.asarray(target, dtype=np.float32) for target in targets]
+    if targets[0].ndim == 1:
+        return torch.from_numpy(np.stack(targets))
+    padded = np.full((len(targets), width, targets[0].shape[-1]), np.nan, dtype=np.float32)
+    for i, target in enumerate(targets):
+        padded[i, : len(target)] = target
+    return torch.from_numpy(padded)
 
 
 class EpochSampler(Sampler[int]):

@@ -148,6 +148,24 @@ class MultiTaskArguments:
         default=False,
         metadata={"help": "Also train each task alone (as many updates as it got here) and report per-task deltas."},
     )
+    teachers: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teachers of some tasks, 'task=path,task=path': fine-tuned runs (single-task, LoRA, or a "
+            "multi-task folder with a head of that name) whose soft targets the task's head also learns "
+            "(Born-Again Multi-Task Networks, Clark et al. 2019). Their logits are cached under output_dir."
+        },
+    )
+    teacher_annealing: bool = field(
+        default=True,
+        metadata={
+            "help": "With --teachers: the soft-target weight falls from 1 to 0 over training (else --distill_alpha)."
+        },
+    )
+    distill_alpha: float = field(
+        default=0.5, metadata={"help": "With --teachers and no annealing: the soft-target weight (gold: 1 - alpha)."}
+    )
+    distill_temperature: float = field(default=1.0, metadata={"help": "With --teachers: softmax temperature T."})
 
     def __post_init__(self):
         from nlptransfer.losses import LOSS_WEIGHTINGS
@@ -184,6 +202,18 @@ class MultiTaskArguments:
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks: names must be unique, got {names}; set `name:` per task")
         self.tasks = entries  # saved back as a YAML list by save_config
+        self.teacher_paths: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in (self.teachers or "").split(","))):
+            name, sep, path = (part.strip() for part in item.partition("="))
+            if not sep or not name or not path:
+                raise ConfigError(f"--teachers {self.teachers!r}: expected 'task=path' pairs, got {item!r}")
+            if name not in names:
+                raise ConfigError(f"--teachers: {name!r} is not a task of this run; the tasks are {names}")
+            self.teacher_paths[name] = path
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(f"--distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"--distill_temperature must be > 0, got {self.distill_temperature}")
 
 
 @dataclass

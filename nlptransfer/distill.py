@@ -293,6 +293,19 @@ def load_teacher(name_or_path: str, task: str | None = None) -> Teacher:
     return teacher
 
 
+def load_task_teacher(name_or_path: str, task: str) -> Teacher:
+    """The teacher of task `task` in a multi-task run: a multi-task folder's head named `task` (or its
+    only head), else the folder's single-task model."""
+    try:
+        path = Path(resolve_model(name_or_path))
+    except ModelNotFoundError as err:
+        raise ConfigError(f"--teachers {task}={name_or_path}: {err}") from err
+    if (path / MULTITASK_FILE).is_file():
+        names = [spec["name"] for spec in json.loads((path / MULTITASK_FILE).read_text()).get("tasks", [])]
+        return load_teacher(name_or_path, task if task in names or len(names) != 1 else None)
+    return load_teacher(name_or_path)
+
+
 def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
     return a.get_vocab() == b.get_vocab()
 

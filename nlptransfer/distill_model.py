@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from nlptransfer.batching import PaddingCollator
+from nlptransfer.batching import PaddingCollator, pad_targets
 from nlptransfer.config import ConfigError
 from nlptransfer.distill import Teacher
 from nlptransfer.distill_losses import HIDDEN_LOSSES, SOFT_TARGET_LOSSES, attention_kl
@@ -148,14 +147,45 @@ class DistillCollator(PaddingCollator):
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if "teacher_logits" not in features[0]:
             return super().__call__(features)
-        targets = [np.asarray(f["teacher_logits"], dtype=np.float32) for f in features]
         batch = super().__call__([{k: v for k, v in f.items() if k != "teacher_logits"} for f in features])
-        if targets[0].ndim == 1:
-            batch["teacher_logits"] = torch.from_numpy(np.stack(targets))
-            return batch
-        width = batch["input_ids"].shape[1]
-        padded = np.full((len(targets), width, targets[0].shape[-1]), np.nan, dtype=np.float32)
-        for i, target in enumerate(targets):
-            padded[i, : len(target)] = target
-        batch["teacher_logits"] = torch.from_numpy(padded)
+        batch["teacher_logits"] = pad_targets([f["teacher_logits"] for f in features], batch["input_ids"].shape[1])
         return batch
+
+
+class MultiTaskDistillation(nn.Module):
+    """A `MultiTaskModel` in training, its tasks with a teacher also learning that teacher's soft
+    targets (Born-Again Multi-Task Networks, Clark et al. 2019): such a task's loss is
+    (1 - alpha) gold + alpha soft, soft the KL (x T^2) to the teacher's cached logits in the batch
+    (`teacher_logits`: {task: tensor}, from `MultiTaskCollator`). With `annealing`, alpha falls from 1
+    to 0 over training (`set_progress`): the model starts out imitating its single-task teachers and
+    ends on the labels. The per-task losses are then weighted as the model weights them. Without
+    teacher logits (evaluation) it is the plain model; save `.model`."""
+
+    def __init__(self, model: nn.Module, alpha: float = 0.5, temperature: float = 1.0, annealing: bool = True):
+        super().__init__()
+        self.model = model
+        self.alpha, self.temperature, self.annealing = (1.0 if annealing else alpha), temperature, annealing
+        self.soft_loss = SOFT_TARGET_LOSSES["kl"]
+
+    @property
+    def base_model(self) -> nn.Module:
+        from nlptransfer.strategies import encoder_module
+
+        return encoder_module(self.model)
+
+    def set_progress(self, progress: float) -> None:
+        """Teacher annealing: the soft-target weight is 1 - progress (progress 0 -> 1 over training)."""
+        if self.annealing:
+            self.alpha = 1.0 - min(max(progress, 0.0), 1.0)
+
+    def forward(self, teacher_logits: dict[str, torch.Tensor] | None = None, **inputs):
+        out = self.model(**inputs)
+        if not teacher_logits or out.loss is None:
+            return out
+        mixed = dict(out.losses)
+        for name, target in teacher_logits.items():
+            if name in mixed:
+                soft = self.soft_loss(out.logits[name], target, self.temperature, ~target.isnan().any(-1))
+                mixed[name] = (1.0 - self.alpha) * out.losses[name] + self.alpha * soft
+        out.loss = self.model.combine_losses(mixed, out.logits)
+        return out

@@ -186,11 +186,10 @@ class MultiTaskModel(nn.Module):
             task_ids = torch.full((input_ids.shape[0],), self.task_index(task), device=input_ids.device)
         inputs = (input_ids, attention_mask, token_type_ids)
         shared = None if self.adapter_per_task else self.encode(*inputs)
-        logits, losses, absent = {}, {}, []
+        logits, losses = {}, {}
         for index, name in enumerate(self.task_names):
             rows = (task_ids == index).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
-                absent.append(name)
                 continue
             if shared is None:  # this task's own adapter over its rows
                 self._activate(name)
@@ -201,19 +200,26 @@ class MultiTaskModel(nn.Module):
             logits[name] = self.heads[name](hidden, mask)
             if labels is not None and name in labels:
                 losses[name] = TASK_KINDS[self.tasks[name].kind].loss(logits[name], labels[name])
-        loss = None
-        if losses:
-            loss = self.loss_weighting(losses)
-            if self.training:  # zero-weighted, so every trainable parameter gets a gradient (DDP)
-                idle = [
-                    p
-                    for name in absent
-                    for p in [*self.heads[name].parameters(), *self._adapter_params.get(name, [])]
-                    if p.requires_grad
-                ]
-                if idle:
-                    loss = loss + 0.0 * sum(p.sum() for p in idle)
-        return MultiTaskOutput(loss=loss, losses=losses, logits=logits)
+        return MultiTaskOutput(loss=self.combine_losses(losses, logits), losses=losses, logits=logits)
+
+    def combine_losses(self, losses: dict[str, torch.Tensor], present) -> torch.Tensor | None:
+        """The weighted sum of per-task losses (`loss_weighting`), plus, in training, a zero-weighted term
+        over the heads (and adapters) of tasks not `present` in the batch, so that every trainable
+        parameter gets a gradient in every step (DDP)."""
+        if not losses:
+            return None
+        loss = self.loss_weighting(losses)
+        if self.training:
+            idle = [
+                p
+                for name in self.task_names
+                if name not in present
+                for p in [*self.heads[name].parameters(), *self._adapter_params.get(name, [])]
+                if p.requires_grad
+            ]
+            if idle:
+                loss = loss + 0.0 * sum(p.sum() for p in idle)
+        return loss
 
     # ---- save / load as one artifact ---------------------------------------------------
     def config_dict(self) -> dict:

@@ -8,6 +8,9 @@
 The YAML lists the tasks (name, task_type, files or Hub dataset, columns, weight); every other flag
 is the fine-tuning recipe's. `--compare_single_task` also trains each task alone for as many updates
 as it got in the multi-task run and prints per-task deltas, flagging negative transfer.
+`--teachers trec=runs/trec,conll2003=runs/conll` distils single-task teachers into the shared model
+(Born-Again Multi-Task Networks: with teacher annealing, each such task's loss moves from the
+teacher's soft targets to its labels over training); the single-task comparison runs stay plain.
 """
 
 import dataclasses
@@ -49,9 +52,12 @@ from nlptransfer import (
     with_task,
 )
 from nlptransfer.adapters import encoder_adapter_config
+from nlptransfer.distill import load_task_teacher
+from nlptransfer.distill_model import MultiTaskDistillation
 from nlptransfer.hub import push_run
 from nlptransfer.sampling import MultiTaskBatchSampler, build_task_sampler
 from nlptransfer.strategies import L2SP, apply_strategies, gradual_unfreezing
+from nlptransfer.teacher_targets import cached_teacher_targets
 
 
 def evaluate_tasks(accelerator, model, loaders, encoded, specs, split) -> dict[str, float]:
@@ -67,15 +73,35 @@ def evaluate_tasks(accelerator, model, loaders, encoded, specs, split) -> dict[s
     return metrics
 
 
-def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_args, transfer_args, output_dir) -> dict:
+def train(
+    accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_args, transfer_args, output_dir, teachers=None
+) -> dict:
     args = dataclasses.replace(args, output_dir=str(output_dir))  # this run's checkpoints go there
-    # data: every task read, validated and tokenized on its own; label sets from each train split
-    specs, encoded = {}, {}
+    # data: every task read, validated and tokenized on its own; label sets from each train split, or
+    # from the task's teacher, whose logits on the train rows are computed once and cached
+    specs, encoded, train_features = {}, {}, {}
     with accelerator.main_process_first():
         for task in task_args:
             spec = TaskSpec.from_data_args(task, name=task.name)
-            encoded[spec.name] = encode_splits(load_splits(task, args.seed), spec, tokenizer, task.max_seq_length)
-            specs[spec.name] = spec
+            splits = load_splits(task, args.seed)
+            teacher = load_task_teacher(teachers[task.name], task.name) if task.name in (teachers or {}) else None
+            if teacher is not None:
+                teacher.check_task(spec)  # the head takes the teacher's label names, in its order
+            encoded[spec.name] = encode_splits(splits, spec, tokenizer, task.max_seq_length)
+            specs[spec.name], train_features[spec.name] = spec, encoded[spec.name]["train"].features
+            if teacher is not None:
+                targets, status = cached_teacher_targets(
+                    teacher,
+                    splits["train"],
+                    spec,
+                    task.max_seq_length,
+                    output_dir / "teacher_cache",
+                    device=accelerator.device,
+                    progress=not args.disable_tqdm and accelerator.is_local_main_process,
+                )
+                train_features[spec.name] = targets.attach(encoded[spec.name]["train"])
+                accelerator.print(f"{spec.name}: teacher {teacher.path}, targets {status}")
+                del teacher
     names = list(specs)
     for name in names:
         accelerator.print(f"{name}: {{{', '.join(f'{s}: {len(e.features)}' for s, e in encoded[name].items())}}}")
@@ -97,7 +123,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
 
     # batches: the task of each batch (or example) drawn by the task sampler; one eval loader per task
     collator = MultiTaskCollator(tokenizer.pad_token_id, names)
-    train_features = [f for i, name in enumerate(names) for f in with_task(encoded[name]["train"].features, i)]
+    train_features = [f for i, name in enumerate(names) for f in with_task(train_features[name], i)]
     sampler = MultiTaskBatchSampler(
         [encoded[name]["train"].lengths() for name in names],
         args.per_device_train_batch_size,
@@ -116,6 +142,10 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         if split in encoded[name]
     }
     weighting = list(model.loss_weighting.parameters())  # learned loss weights train at their own LR
+    if teachers:  # tasks with a teacher also learn its soft targets (teacher annealing: 1 -> 0 over training)
+        model = MultiTaskDistillation(
+            model, mtl_args.distill_alpha, mtl_args.distill_temperature, mtl_args.teacher_annealing
+        )
     own_lr = [(weighting, mtl_args.loss_weighting_lr)] if weighting else []
     optimizer = build_optimizer(model, args, transfer_args.layerwise_lr_decay, own_lr)
     model, optimizer, train_loader, *prepared = accelerator.prepare(
@@ -128,6 +158,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         gradual_unfreezing(scheduler, every * accelerator.num_processes)
     scheduler = accelerator.prepare(scheduler)
     loss_terms = [L2SP(accelerator.unwrap_model(model), transfer_args.l2sp_beta)] if transfer_args.l2sp_beta else []
+    callbacks = [lambda trainer: accelerator.unwrap_model(trainer.model).set_progress(trainer.state.step / steps)]
 
     loaders = {
         split: {n: loader for (s, n), loader in eval_loaders.items() if s == split} for split in ("validation", "test")
@@ -148,6 +179,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
         evaluate=evaluate_on["validation"] if has_validation else None,
         metric_for_best_model=(args.metric_for_best_model or "average") if has_validation else None,
         loss_terms=loss_terms,
+        callbacks=callbacks if teachers else (),
         max_steps=steps,
     )
     results = trainer.train()
@@ -155,18 +187,21 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, lora_ar
     for split, prefix in (("validation", "eval"), ("test", "test")):
         scores = evaluate_on[split]()
         results.update({f"{prefix}_{key}": value for key, value in scores.items()})
-    results.update(trainable_parameters=trainable, total_parameters=total, tasks=names)
+    results.update(trainable_parameters=trainable, total_parameters=total, tasks=names, teachers=teachers or {})
     results["parameters_in_sync"] = parameters_in_sync(accelerator, model)  # DDP kept every rank identical
     batches = results["train_steps"] * args.gradient_accumulation_steps * accelerator.num_processes
     results["task_batches"] = dict(zip(names, sampler.task_counts(batches)))  # updates each task got
 
     # one artifact: encoder (or adapter), every head, label names, tokenizer, results
     state_dict = accelerator.get_state_dict(model)  # gathers sharded parameters; every rank calls it
+    multitask = accelerator.unwrap_model(model)
+    if isinstance(multitask, MultiTaskDistillation):  # the training wrapper: save the model inside
+        multitask, state_dict = multitask.model, {k.removeprefix("model."): v for k, v in state_dict.items()}
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
+        multitask.save_pretrained(output_dir, state_dict=state_dict)
         (Path(output_dir) / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     accelerator.wait_for_everyone()
-    del model, optimizer, trainer, train_loader, eval_loaders, loaders, evaluate_on, scheduler
+    del model, multitask, optimizer, trainer, train_loader, eval_loaders, loaders, evaluate_on, scheduler
     accelerator.free_memory()
     return results
 
@@ -185,7 +220,16 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
 
     results = train(
-        accelerator, tokenizer, model_args, mtl_args.task_args, mtl_args, args, lora_args, transfer_args, output_dir
+        accelerator,
+        tokenizer,
+        model_args,
+        mtl_args.task_args,
+        mtl_args,
+        args,
+        lora_args,
+        transfer_args,
+        output_dir,
+        mtl_args.teacher_paths,
     )
     if accelerator.is_main_process:
         save_config(output_dir / "run_config.yaml", model_args, mtl_args, args, lora_args, transfer_args)

@@ -107,3 +107,64 @@ def test_task_list_errors_name_the_task_and_field(tmp_path):
     tasks_file.write_text("- {name: a, train_file: data/train.jsonl, weight: 2}\n")
     parsed = MultiTaskArguments(tasks=str(tasks_file))
     assert parsed.task_args[0].name == "a" and parsed.task_args[0].weight == 2
+
+
+def test_a_single_task_teacher_teaches_its_task_head(tiny_model, cls_files, ner_files, tmp_path):
+    """Born-again multi-task: with the topic labels shuffled, only the teacher's soft targets can teach the
+    topic head; the saved artifact is the plain multi-task model."""
+    import random
+
+    from nlptransfer import MultiTaskModel
+
+    from conftest import recipe_args
+
+    teacher = tmp_path / "teacher"
+    run_script(
+        str(REPO / "recipes" / "finetune.py"),
+        recipe_args(
+            tiny_model,
+            cls_files,
+            teacher,
+            "--learning_rate",
+            "2e-3",
+            "--per_device_train_batch_size",
+            "16",
+            "--num_train_epochs",
+            "6",
+            "--metric_for_best_model",
+            "loss",
+        ),
+    )
+    assert json.loads((teacher / "all_results.json").read_text())["test_accuracy"] >= 0.9
+
+    rows = [json.loads(line) for line in Path(cls_files["train"]).read_text().splitlines()]
+    labels = [row["label"] for row in rows]
+    random.Random(0).shuffle(labels)
+    noisy = dict(cls_files, train=str(tmp_path / "noisy.jsonl"))
+    Path(noisy["train"]).write_text("".join(json.dumps({**r, "label": y}) + "\n" for r, y in zip(rows, labels)))
+
+    def run(name: str, **extra) -> dict:
+        config = mtl_config(tmp_path / name, tiny_model, noisy, ner_files, num_train_epochs=4, **extra)
+        return run_mtl(["--config", str(config)])
+
+    (tmp_path / "taught").mkdir(), (tmp_path / "alone").mkdir()
+    taught = run("taught", teachers=f"topic={teacher}", teacher_annealing=False, distill_alpha=1.0)
+    assert taught["teachers"] == {"topic": str(teacher)}
+    assert taught["test_topic_accuracy"] >= 0.8, taught  # chance is 1/3, and its labels are noise
+    assert taught["test_people_f1"] >= 0.8
+    assert list((tmp_path / "taught" / "mtl" / "teacher_cache").glob("teacher_*.safetensors"))
+    model = MultiTaskModel.from_pretrained(tmp_path / "taught" / "mtl")  # saved without the training wrapper
+    assert model.predict(["the coach and the team"], tasks=["topic"])[0]["topic"]["label"] == "sport"
+    alone = run("alone")
+    assert alone["test_topic_accuracy"] < 0.7 and alone["teachers"] == {}
+
+
+def test_teachers_flag_errors():
+    tasks = json.dumps([{"name": "a", "train_file": "x"}])
+    with pytest.raises(ConfigError, match=r"--teachers: 'b' is not a task of this run; the tasks are \['a'\]"):
+        MultiTaskArguments(tasks=tasks, teachers="b=runs/b")
+    with pytest.raises(ConfigError, match=r"expected 'task=path' pairs, got 'runs/a'"):
+        MultiTaskArguments(tasks=tasks, teachers="runs/a")
+    with pytest.raises(ConfigError, match=r"--distill_alpha must be in \[0, 1\]"):
+        MultiTaskArguments(tasks=tasks, teachers="a=runs/a", distill_alpha=2)
+    assert MultiTaskArguments(tasks=tasks, teachers=" a = runs/a ").teacher_paths == {"a": "runs/a"}

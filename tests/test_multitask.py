@@ -247,3 +247,61 @@ def test_pair_and_regression_heads_share_the_encoder(tiny_model):
     assert isinstance(predicted[0]["sim"], float) and predicted[1]["para"]["label"] in ("no", "yes")
     with pytest.raises(ValueError, match="mix sentence-pair and single-sentence"):
         MultiTaskModel.from_encoder(tiny_model, [sim, CLS]).predict(["a"], tasks=["sim", "topic"])
+
+
+def test_teacher_logits_mix_into_each_task_loss_and_anneal_to_the_labels(tiny_model):
+    from nlptransfer.distill_losses import kd_loss
+    from nlptransfer.distill_model import MultiTaskDistillation
+
+    model = tiny_mtl(tiny_model, task_weights={"topic": 2.0, "ner": 0.5}).eval()
+    batch = mixed_batch(model)
+    # collated per task: the ner task's teacher gives one row of logits per first sub-word, NaN elsewhere
+    torch.manual_seed(1)
+    topic_targets = torch.randn(6, 3)
+    ner_targets = torch.randn(6, batch["input_ids"].shape[1], 3)
+    ner_targets[batch["labels"]["ner"] == -100] = float("nan")
+    teacher_logits = {"topic": topic_targets, "ner": ner_targets}
+    plain = model(**batch)
+
+    wrapped = MultiTaskDistillation(model, alpha=0.25, temperature=2.0, annealing=False)
+    out = wrapped(**batch, teacher_logits=teacher_logits)
+    soft = {
+        "topic": kd_loss(plain.logits["topic"], topic_targets, 2.0, torch.ones(6, dtype=torch.bool)),
+        "ner": kd_loss(plain.logits["ner"], ner_targets, 2.0, batch["labels"]["ner"] != -100),
+    }
+    expected = sum(w * (0.75 * plain.losses[t] + 0.25 * soft[t]) for t, w in (("topic", 2.0), ("ner", 0.5)))
+    torch.testing.assert_close(out.loss, expected)
+    only_topic = MultiTaskDistillation(model, alpha=1.0, annealing=False)(
+        **batch, teacher_logits={"topic": topic_targets}
+    )
+    torch.testing.assert_close(
+        only_topic.loss, 2.0 * kd_loss(plain.logits["topic"], topic_targets) + 0.5 * plain.losses["ner"]
+    )
+    assert wrapped(**{k: v for k, v in batch.items() if k != "labels"}).loss is None  # evaluation: the plain model
+
+    annealed = MultiTaskDistillation(model, temperature=2.0)  # teacher annealing: soft weight 1 -> 0
+    assert annealed.alpha == 1.0
+    annealed.set_progress(1.0)
+    torch.testing.assert_close(annealed(**batch, teacher_logits=teacher_logits).loss, plain.loss)
+    annealed.set_progress(0.5)
+    assert annealed.alpha == 0.5
+
+
+def test_collator_groups_teacher_logits_per_task_and_pads_token_targets_with_nan():
+    collate = MultiTaskCollator(0, ["topic", "ner"])
+    features = [
+        {"input_ids": [2, 5, 3], "labels": 1, "task_ids": 0, "teacher_logits": [0.1, 0.2, 0.7]},
+        {
+            "input_ids": [2, 6, 7, 8, 3],
+            "labels": [-100, 0, 2, -100, -100],
+            "task_ids": 1,
+            "teacher_logits": [[float("nan")] * 3, [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]] + [[float("nan")] * 3] * 2,
+        },
+        {"input_ids": [2, 9, 3], "labels": 0, "task_ids": 0, "teacher_logits": [0.5, 0.4, 0.1]},
+    ]
+    batch = collate(features)
+    assert batch["input_ids"].shape == (3, 5) and batch["labels"]["topic"].tolist() == [1, 0]
+    torch.testing.assert_close(batch["teacher_logits"]["topic"], torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.4, 0.1]]))
+    ner = batch["teacher_logits"]["ner"]
+    assert ner.shape == (1, 5, 3) and ner[0, 1].tolist() == [1.0, 0.0, 0.0] and ner[0, 3:].isnan().all()
+    assert "teacher_logits" not in collate([{k: v for k, v in f.items() if k != "teacher_logits"} for f in features])
