@@ -6,7 +6,10 @@
 
 Per seed (`--seeds`), one `recipes/mtl.py --compare_single_task` run trains the multi-task model and
 then each task alone for as many updates as that task got in the multi-task run (same seed and settings);
-scores are means over seeds, deltas paired by seed. The first seed's models are the ones served. Then, in this
+scores are means over seeds, deltas paired by seed. With `--born_again`, each seed's single-task models then
+teach a second multi-task model (`recipes/mtl.py --teachers`, same seed and config: the same updates per
+task), and that one is compared with them (the plain multi-task scores are kept beside it). The first
+seed's models are the ones served. Then, in this
 process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
 models each predicting its task, on the same texts. Writes benchmarks/results/mtl[_quick].json and
 prints a markdown table.
@@ -71,6 +74,11 @@ def main() -> None:
         default="",
         help='more flags for recipes/mtl.py, e.g. "--task_sampling uniform" (compare settings: one workdir each)',
     )
+    parser.add_argument(
+        "--born_again",
+        action="store_true",
+        help="distil each seed's single-task models into a second multi-task model and compare that one",
+    )
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=None)
@@ -90,29 +98,39 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-        def train(seed: int) -> tuple[dict, dict]:
-            """The multi-task run of `seed` and its single-task runs (trained here unless already done)."""
+        def train(seed: int) -> tuple[dict, dict, dict]:
+            """(the compared multi-task run of `seed`, its single-task runs, the plain multi-task run), each
+            trained here unless already done; without --born_again the first and last are the same run."""
             folder = workdir / f"seed{seed}" / "mtl"
             done = workdir / f"seed{seed}" / "bench_result.json"  # the run's results + wall time and peak RSS
+            extra = shlex.split(args.recipe_args)
             if not done.is_file():
                 print(f"seed {seed}: training the multi-task model, then each task alone ...", flush=True)
-                result = run_mtl(workdir / "config.yaml", folder, seed, shlex.split(args.recipe_args))
-                done.write_text(json.dumps(result, indent=2) + "\n")
-            results = json.loads(done.read_text())
+                done.write_text(json.dumps(run_mtl(workdir / "config.yaml", folder, seed, extra), indent=2) + "\n")
+            plain = json.loads(done.read_text())
             single = {
                 name: json.loads((folder / "single_task" / name / "all_results.json").read_text())
-                for name in results["tasks"]
+                for name in plain["tasks"]
             }
-            return results, single
+            if not args.born_again:
+                return plain, single, plain
+            done = workdir / f"seed{seed}" / "bench_result_born_again.json"
+            if not done.is_file():
+                print(f"seed {seed}: the single-task models teach a second multi-task model ...", flush=True)
+                teachers = ",".join(f"{name}={folder / 'single_task' / name}" for name in plain["tasks"])
+                config = ["--config", str(workdir / "config.yaml"), "--seed", str(seed), "--teachers", teachers]
+                result = run_recipe("mtl.py", [*config, *extra], workdir / f"seed{seed}" / "born_again")
+                done.write_text(json.dumps(result, indent=2) + "\n")
+            return json.loads(done.read_text()), single, plain
 
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = dict(zip(args.seeds, pool.map(train, args.seeds)))
-        results, single = runs[args.seeds[0]]  # the first seed's models are the ones served and timed
+        results, single, _ = runs[args.seeds[0]]  # the first seed's models are the ones served and timed
         print("measuring serving throughput ...", flush=True)
         texts = serving_texts(config, args.serving_texts_per_task)
-        first = workdir / f"seed{args.seeds[0]}" / "mtl"
-        multi = MultiTaskModel.from_pretrained(first)
-        singles = {name: MultiTaskModel.from_pretrained(first / "single_task" / name) for name in single}
+        first = workdir / f"seed{args.seeds[0]}"
+        multi = MultiTaskModel.from_pretrained(first / ("born_again" if args.born_again else "mtl"))
+        singles = {name: MultiTaskModel.from_pretrained(first / "mtl" / "single_task" / name) for name in single}
         multi_tps = throughput(lambda batch: multi.predict(batch, tasks=multi.task_names), texts, args.repeats)
         singles_tps = throughput(
             lambda batch: [model.predict(batch) for model in singles.values()], texts, args.repeats
@@ -129,11 +147,13 @@ def main() -> None:
             100 * (runs[seed][0][f"eval_{name}_{metric}"] - runs[seed][1][name][f"eval_{name}_{metric}"])
             for seed in args.seeds
         ]
+        plain = [runs[seed][2][f"test_{name}_{metric}"] for seed in args.seeds]
         rows.append(
             {
                 "task": name,
                 "metric": metric,
                 "multi_task": statistics.mean(m),
+                "plain_multi_task": statistics.mean(plain),  # = multi_task unless --born_again
                 "single_task": statistics.mean(s),
                 "delta_points": delta,
                 "multi_task_scores": m,
@@ -173,12 +193,14 @@ def main() -> None:
         "seeds": args.seeds,
         "config": config,
         "recipe_args": args.recipe_args,
+        "born_again": args.born_again,
         "rows": rows,
         "summary": summary,
     }
     output.write_text(json.dumps(record, indent=2) + "\n")
 
-    print(f"\nseeds {args.seeds}: means (Δ: mean ± std of the per-seed difference)")
+    kind = "born-again multi-task (single-task teachers)" if args.born_again else "multi-task"
+    print(f"\nseeds {args.seeds}: {kind}; means (Δ: mean ± std of the per-seed difference)")
     print("| task | metric | multi-task | single-task (same updates) | Δ (points) | Δ validation |")
     print("|---|---|---|---|---|---|")
     for r in rows:
