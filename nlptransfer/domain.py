@@ -163,3 +163,66 @@ class DomainAdversarialModel(nn.Module):
             domain_loss=domain_loss.detach(),
             domain_logits=domain_logits,
         )
+
+
+# ---- model selection without target labels: Deep Embedded Validation -------------------------------
+@torch.no_grad()
+def embed(model: nn.Module, features: list[dict], collator, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first-token states of the last layer, logits) of a sequence classifier on `features`, in order:
+    the features the domain classifier sees, and the predictions."""
+    model.eval()
+    device = next(model.parameters()).device
+    states, logits = [], []
+    for start in range(0, len(features), batch_size):
+        batch = collator(
+            [
+                {k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                for f in features[start : start + batch_size]
+            ]
+        )
+        out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True)
+        states.append(out.hidden_states[-1][:, 0].float().cpu())
+        logits.append(out.logits.float().cpu())
+    return torch.cat(states), torch.cat(logits)
+
+
+def density_ratio(source: torch.Tensor, target: torch.Tensor, points: torch.Tensor, l2: float = 1e-3) -> torch.Tensor:
+    """p_target(x) / p_source(x) at `points`, from a logistic regression told apart `source` and `target`
+    features (standardised on both; L-BFGS, L2 `l2`): (n_s / n_t) * P(target | x) / P(source | x)."""
+    both = torch.cat([source, target])
+    mean, std = both.mean(0), both.std(0).clamp(min=1e-6)
+    x, y = (both - mean) / std, torch.cat([torch.zeros(len(source)), torch.ones(len(target))])
+    weight, bias = torch.zeros(x.shape[1], requires_grad=True), torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        log_odds = ((points - mean) / std) @ weight + bias
+    return (len(source) / len(target)) * log_odds.exp()
+
+
+def dev_risk(losses: torch.Tensor, weights: torch.Tensor) -> float:
+    """Deep Embedded Validation (You et al., ICML 2019): the target risk estimated from labelled *source*
+    validation losses weighted by the density ratio, with the control variate that lowers its variance.
+    Lower is better; compare it between runs (settings, weights) of one source -> target pair."""
+    weighted = weights * losses
+    variance = weights.var()
+    eta = -torch.cov(torch.stack([weighted, weights]))[0, 1] / variance if variance > 0 else torch.tensor(0.0)
+    return float(weighted.mean() + eta * weights.mean() - eta)
+
+
+def deep_embedded_validation(model: nn.Module, collator, source, target, validation, batch_size: int = 64) -> float:
+    """DEV risk of a trained source classifier: features of the source and target training text give the
+    density ratio, applied to the per-example losses on the (labelled, source) validation rows."""
+    source_states, _ = embed(model, source.features, collator, batch_size)
+    target_states, _ = embed(model, target.features, collator, batch_size)
+    states, logits = embed(model, validation.features, collator, batch_size)
+    labels = torch.tensor([f["labels"] for f in validation.features])
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return dev_risk(losses, density_ratio(source_states, target_states, states))

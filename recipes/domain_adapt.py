@@ -13,6 +13,9 @@ the Amazon domains, as in the literature). `--method`:
   target_only  train on the target's own labels: the in-domain ceiling
 Model selection never uses target labels except in target_only: every method selects on a
 held-out `--validation_split_percentage` of its labelled training domain (the source, for DANN).
+Runs trained on the source also report `dev_risk`, Deep Embedded Validation's estimate of the target
+risk from source validation losses weighted by how target-like each text is (no target label used):
+lower is better, so settings (e.g. --domain_loss_weight) can be chosen by it.
 The target test rows give `test_*`; the source test rows give `source_test_*`.
 """
 
@@ -49,6 +52,7 @@ from nlptransfer.domain import (
     DOMAIN_METHODS,
     DomainAdversarialModel,
     DomainArguments,
+    deep_embedded_validation,
     has_labels,
     split_domain,
     unlabelled,
@@ -85,7 +89,7 @@ def main(argv=None):
             labelled, domain_args.validation_split_percentage, args.seed
         )
         encoded = encode_splits(splits, spec, tokenizer, domain_args.max_seq_length)
-        if method.adversarial:  # the target's train text, its labels (if any) replaced: it stays unlabelled
+        if method.labelled == "source":  # the target's train text, labels (if any) replaced: it stays unlabelled
             splits["target_train"] = unlabelled(target, spec)
             encoded.update(
                 encode_splits({"target_train": splits["target_train"]}, spec, tokenizer, domain_args.max_seq_length)
@@ -142,16 +146,22 @@ def main(argv=None):
     for split, evaluate_split in evaluate_on.items():
         results.update(prefixed(evaluate_split(), "eval" if split == "validation" else split))
     results.update(method=domain_args.method, trainable_parameters=trainable, total_parameters=total)
-
-    # the saved model is the plain classifier: it loads in a `pipeline`
     classifier = accelerator.unwrap_model(model)
     classifier = classifier.classifier if isinstance(classifier, DomainAdversarialModel) else classifier
+    if method.labelled == "source":  # a target-risk estimate that needs no target label, to compare runs by
+        results["dev_risk"] = deep_embedded_validation(
+            classifier, collator, encoded["train"], encoded["target_train"], encoded["validation"]
+        )
+
+    # the saved model is the plain classifier: it loads in a `pipeline`
     save_run(accelerator, args.output_dir, classifier, tokenizer, results, spec, model_args.model_name_or_path)
     if accelerator.is_main_process:
         save_config(f"{args.output_dir}/run_config.yaml", model_args, domain_args, args)
         for key in ("eval_accuracy", "test_accuracy", "source_test_accuracy", "train_runtime"):
             if key in results:
                 print(f"{key:>24}: {results[key]:.4f}")
+        if "dev_risk" in results:
+            print(f"{'dev_risk':>24}: {results['dev_risk']:.4f}")
         print(f"saved to {args.output_dir}")
 
     del model, optimizer, trainer, evaluate_on, classifier

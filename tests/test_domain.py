@@ -115,6 +115,7 @@ def test_recipe_dann_trains_scores_the_target_and_saves_a_plain_classifier(tiny_
     assert results["eval_samples"] == 16 and results["test_samples"] == 40 and results["source_test_samples"] == 40
     assert results["eval_accuracy"] >= 0.8 and results["source_test_accuracy"] >= 0.8  # chance is 1/3
     assert results["train_steps"] == 12 * 10  # 144 source + 160 target rows, batches of 2 x 16
+    assert results["dev_risk"] == pytest.approx(results["dev_risk"]) and results["dev_risk"] > 0  # finite
     classify = pipeline("text-classification", model=str(tmp_path / "dann"), device="cpu")
     rows = [json.loads(line) for line in Path(files["source"]).read_text().splitlines()]
     predicted = classify([row["text"] for row in rows])
@@ -124,6 +125,30 @@ def test_recipe_dann_trains_scores_the_target_and_saves_a_plain_classifier(tiny_
 def test_recipe_takes_an_unlabelled_target_and_refuses_target_only_without_labels(tiny_model, tmp_path):
     files = domain_files(tmp_path, target_labels=False)
     results = run_domain(tiny_model, files, tmp_path / "dann", "--method", "dann", "--num_train_epochs", "1")
-    assert "test_accuracy" not in results and "source_test_accuracy" in results
+    assert "test_accuracy" not in results and "source_test_accuracy" in results and "dev_risk" in results
     with pytest.raises(ConfigError, match="--method target_only needs labels in --target_file"):
         run_domain(tiny_model, files, tmp_path / "ceiling", "--method", "target_only")
+
+
+# ---- Deep Embedded Validation: choosing settings without target labels ---------------------------
+def test_density_ratio_recovers_a_known_ratio():
+    from nlptransfer.domain import density_ratio
+
+    # source N(0, 1), target N(1, 1) on the first axis, noise elsewhere: p_t / p_s = exp(x - 1/2)
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(4000, 3, generator=generator)
+    target = torch.randn(4000, 3, generator=generator)
+    target[:, 0] += 1.0
+    points = torch.tensor([[-1.0, 0.0, 0.0], [0.5, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    ratio = density_ratio(source, target, points)
+    torch.testing.assert_close(ratio.log(), points[:, 0] - 0.5, atol=0.15, rtol=0)
+
+
+def test_dev_risk_weights_the_validation_losses_toward_the_target():
+    from nlptransfer.domain import dev_risk
+
+    losses = torch.tensor([0.1, 0.2, 1.0, 2.0])
+    assert dev_risk(losses, torch.ones(4)) == pytest.approx(float(losses.mean()))  # same domains: the plain mean
+    # the target looks like the hard rows: the estimate rises above the plain mean
+    assert dev_risk(losses, torch.tensor([0.2, 0.2, 1.8, 1.8])) > float(losses.mean())
+    assert dev_risk(losses, torch.tensor([1.8, 1.8, 0.2, 0.2])) < float(losses.mean())
