@@ -3,6 +3,8 @@ in-domain training as the ceiling, over several seeds, side by side in one run.
 
     python benchmarks/bench_domain.py            # 2 directions x (source_only, dann) x 3 seeds + the ceiling
     python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens: a smoke run
+    python benchmarks/bench_domain.py --domain_loss_weight 0.03 0.1 --workdir runs/bench_domain
+        # DANN at each weight, and with the weight chosen per direction and seed by DEV (no target label)
 
 Each run is `recipes/domain_adapt.py` in its own process: each domain split 1,600 / 400 by
 --split_seed (the same split for every method and seed), model selection on a held-out 10% of the
@@ -35,9 +37,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument("--domain_loss_weight", type=float, default=0.1)
+    parser.add_argument(
+        "--domain_loss_weight",
+        type=float,
+        nargs="+",
+        default=[0.1],
+        help="DANN's weight(s); with several, DANN also appears with the weight DEV chooses per direction and seed",
+    )
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads per run (default: every core)")
+    parser.add_argument("--workdir", default=None, help="keep every run here; a finished run is not trained again")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -48,8 +57,6 @@ def main() -> None:
         str(args.learning_rate),
         "--max_seq_length",
         "64" if args.quick else str(args.max_seq_length),
-        "--domain_loss_weight",
-        str(args.domain_loss_weight),
         "--per_device_train_batch_size",
         "16",
     ]
@@ -58,38 +65,69 @@ def main() -> None:
 
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"domain{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
+    weights = args.domain_loss_weight
+    systems = []  # (method as named in the table, recipe method, its flags)
+    for method in args.methods:
+        if method != "dann":
+            systems.append((method, method, []))
+        for weight in weights if method == "dann" else []:
+            systems.append(
+                (f"dann {weight:g}" if len(weights) > 1 else "dann", "dann", ["--domain_loss_weight", str(weight)])
+            )
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_domain_") as scratch:
         # seed by seed, so a run cut short still holds whole seeds; the ceiling on the first seed only
         for seed in seeds:
             for source, target in DIRECTIONS:
-                for method in [m for m in args.methods if m != "target_only" or seed == seeds[0]]:
-                    print(f"running {source} -> {target} / {method} / seed {seed} ...", flush=True)
-                    out = Path(scratch) / f"{source}-{target}-{method}-{seed}"
-                    results = run(source, target, method, seed, extra, out)
+                for name, method, flags in [s for s in systems if s[1] != "target_only" or seed == seeds[0]]:
+                    out = Path(args.workdir or scratch) / f"{source}-{target}-{name.replace(' ', '')}-{seed}"
+                    done = out / "bench_row.json"
+                    if done.is_file() and json.loads(done.read_text())["args"] == [*extra, *flags]:
+                        print(f"{source} -> {target} / {name} / seed {seed}: already run in {out}", flush=True)
+                        rows.append(json.loads(done.read_text()))
+                        continue
+                    print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
+                    results = run(source, target, method, seed, [*extra, *flags], out)
                     rows.append(
                         {
                             "direction": f"{source} -> {target}",
-                            "method": method,
+                            "method": name,
                             "seed": seed,
                             "target_accuracy": results["test_accuracy"],
                             "source_accuracy": results["source_test_accuracy"],
                             "validation_accuracy": results["eval_accuracy"],
+                            "dev_risk": results.get("dev_risk"),
                             "train_runtime_s": results["train_runtime"],
                             "peak_rss_mib": results["peak_rss_mib"],
+                            "args": [*extra, *flags],
                         }
                     )
+                    done.write_text(json.dumps(rows[-1], indent=2) + "\n")
                     output.write_text(json.dumps({"partial": True, "args": extra, "rows": rows}, indent=2) + "\n")
+
+    methods = [name for name, _, _ in systems]
+    if len(weights) > 1:  # per direction and seed, the DANN weight with the lowest DEV risk (no target label)
+        methods.append("dann (DEV-chosen weight)")
+        for direction in dict.fromkeys(r["direction"] for r in rows):
+            for seed in seeds:
+                runs = [
+                    r
+                    for r in rows
+                    if (r["direction"], r["seed"]) == (direction, seed) and r["method"].startswith("dann ")
+                ]
+                if len(runs) == len(weights):
+                    chosen = min(runs, key=lambda r: r["dev_risk"])
+                    rows.append({**chosen, "method": methods[-1], "chosen": chosen["method"]})
 
     summary = []
     for direction in dict.fromkeys(r["direction"] for r in rows):
-        for method in args.methods:
+        for method in methods:
             scores = [r["target_accuracy"] for r in rows if r["direction"] == direction and r["method"] == method]
             if not scores:
                 continue
             mean, std = mean_std(scores)
             summary.append({"direction": direction, "method": method, "mean": mean, "std": std, "scores": scores})
-    done = [m for m in args.methods if any(s["method"] == m for s in summary)]
+    done = [m for m in methods if any(s["method"] == m for s in summary)]
     mean_of = {m: statistics.mean(s["mean"] for s in summary if s["method"] == m) for m in done}
     payload = {"quick": args.quick, "args": extra, "seeds": seeds, "rows": rows, "summary": summary, "average": mean_of}
     output.write_text(json.dumps(payload, indent=2) + "\n")
@@ -103,8 +141,8 @@ def main() -> None:
     print("|---|---|")
     for method, value in mean_of.items():
         print(f"| {method} | {value:.4f} |")
-    if "dann" in mean_of and "source_only" in mean_of:
-        print(f"\nDANN - source-only: {100 * (mean_of['dann'] - mean_of['source_only']):+.2f} points")
+    for method in [m for m in mean_of if m.startswith("dann") and "source_only" in mean_of]:
+        print(f"{method} - source-only: {100 * (mean_of[method] - mean_of['source_only']):+.2f} points")
     print(f"\nwritten to {output}")
 
 
