@@ -100,11 +100,11 @@ def plan(task_dir: Path, args) -> list[dict]:
     """One task's systems in training order: recipe, flags, and what the table says about each."""
     distil = ["--alpha", str(args.alpha), "--temperature", str(args.temperature)]
     cache = ["--teacher_cache_dir", str(task_dir / "teacher_cache")]  # each teacher's logits computed once
-    transfer = ["--transfer_file", args.transfer_file] if args.transfer_file else []
+    distilled_only = ["--transfer_file", args.transfer_file] if args.transfer_file else []
     if args.transfer_file and args.max_transfer_samples:
-        transfer += ["--max_transfer_samples", str(args.max_transfer_samples)]
+        distilled_only += ["--max_transfer_samples", str(args.max_transfer_samples)]
     if args.distill_epochs:
-        transfer += ["--num_train_epochs", str(args.distill_epochs)]  # the last value of a flag wins
+        distilled_only += ["--num_train_epochs", str(args.distill_epochs)]  # the last value of a flag wins
     minilm, mpnet = "MiniLM-6 teacher", "mpnet-12 teacher"
     systems = [
         {
@@ -135,7 +135,7 @@ def plan(task_dir: Path, args) -> list[dict]:
             systems.append(
                 {
                     "model": f"{n}L distilled",
-                    "flags": [*cut_seed, *distil, *cache, *transfer],
+                    "flags": [*cut_seed, *distil, *cache, *distilled_only],
                     "training": "distilled",
                     "baseline": f"{n}L labels",
                     **common,

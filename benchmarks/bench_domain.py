@@ -82,9 +82,10 @@ def main() -> None:
                 for name, method, flags in [s for s in systems if s[1] != "target_only" or seed == seeds[0]]:
                     out = Path(args.workdir or scratch) / f"{source}-{target}-{name.replace(' ', '')}-{seed}"
                     done = out / "bench_row.json"
-                    if done.is_file() and json.loads(done.read_text())["args"] == [*extra, *flags]:
+                    row = json.loads(done.read_text()) if done.is_file() else None
+                    if row is not None and row["args"] == [*extra, *flags]:
                         print(f"{source} -> {target} / {name} / seed {seed}: already run in {out}", flush=True)
-                        rows.append(json.loads(done.read_text()))
+                        rows.append(row)
                         continue
                     print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
                     results = run(source, target, method, seed, [*extra, *flags], out)

@@ -132,6 +132,12 @@ def _indexed(features: list[dict]) -> list[dict]:
     return [{**feature, "feature_index": i} for i, feature in enumerate(features)]
 
 
+def without_labels(features: list[dict]) -> list[dict]:
+    """The same features with every gold label masked (-100): rows that teach through another signal
+    (a teacher's soft targets, a domain classifier) and never through a label."""
+    return [{**f, "labels": [-100] * len(f["labels"]) if isinstance(f["labels"], list) else -100} for f in features]
+
+
 def with_task(features: list[dict], task_id: int) -> list[dict]:
     """The same features tagged with the index of their task (for `MultiTaskModel` and its collator)."""
     return [{**feature, "task_ids": task_id} for feature in features]

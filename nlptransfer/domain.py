@@ -96,14 +96,9 @@ def has_labels(records: Records, spec) -> bool:
 
 def unlabelled(records: Records, spec) -> Records:
     """The rows with their label replaced by a placeholder from the label set (files without labels
-    pass validation; `without_labels` then masks every one), so no target label can leak."""
+    pass validation; `batching.without_labels` then masks every one), so no target label can leak."""
     rows = [{**row, spec.label_column: spec.labels[0]} for row in records.rows]
     return Records(records.source, rows, records.lines, records.unit)
-
-
-def without_labels(features: list[dict], domain: int) -> list[dict]:
-    """Features of unlabelled text: label -100 (no classifier loss), tagged with their domain."""
-    return [{**f, "labels": -100, "domains": domain} for f in features]
 
 
 def with_domain(features: list[dict], domain: int) -> list[dict]:

@@ -10,7 +10,7 @@ long sentences into.
     train_features = targets.attach(encoded["train"])   # each feature gains `teacher_logits`
 
 A *transfer set* (`read_transfer_set`) is unlabelled text the teacher labels for the student: its rows
-get soft targets only (`without_labels`), so the student learns from more of the teacher's knowledge
+get soft targets only (`batching.without_labels`), so the student learns from more of the teacher's knowledge
 than the labelled rows hold (XtremeDistil, Mukherjee & Awadallah 2020, for NER).
 """
 
@@ -201,7 +201,7 @@ def read_transfer_set(path: str, spec: TaskSpec, limit: int | None = None) -> Re
     """The first `limit` rows of an unlabelled file, in the task's columns. NER rows take the word list
     in `spec.tokens_column` or, failing that, split `spec.text_column` into words (`WORD`); sequence
     tasks take `spec.text_column` (and the pair column). Each row carries the first label as a
-    placeholder, since the encoders need one; `without_labels` removes it after encoding."""
+    placeholder, since the encoders need one; `batching.without_labels` masks it after encoding."""
     kind = TASK_KINDS[spec.kind]
     if not kind.has_label_set:
         raise ConfigError(f"--transfer_file: a {spec.kind} task has no soft targets to distil from unlabelled rows")
@@ -235,8 +235,3 @@ def read_transfer_set(path: str, spec: TaskSpec, limit: int | None = None) -> Re
     if not rows:
         raise DataError(f"{path}: no transfer rows with text found")
     return Records(records.source, rows, lines, records.unit)
-
-
-def without_labels(features: list[dict]) -> list[dict]:
-    """Features whose gold labels are gone (-100): only their `teacher_logits` teach the student."""
-    return [{**f, "labels": [-100] * len(f["labels"]) if isinstance(f["labels"], list) else -100} for f in features]

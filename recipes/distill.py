@@ -46,12 +46,13 @@ from nlptransfer import (
     total_steps,
     train_dataloader,
 )
+from nlptransfer.batching import without_labels
 from nlptransfer.distill import DistillArguments, build_student, load_teacher, same_vocabulary
 from nlptransfer.distill_losses import parse_layer_map
 from nlptransfer.distill_model import DistillationModel, DistillCollator
 from nlptransfer.hub import push_run
 from nlptransfer.tasks import TASK_KINDS
-from nlptransfer.teacher_targets import cached_teacher_targets, read_transfer_set, without_labels
+from nlptransfer.teacher_targets import cached_teacher_targets, read_transfer_set
 
 
 def main(argv=None):

@@ -48,6 +48,7 @@ from nlptransfer import (
     total_steps,
     train_dataloader,
 )
+from nlptransfer.batching import without_labels
 from nlptransfer.domain import (
     DOMAIN_METHODS,
     DomainAdversarialModel,
@@ -57,7 +58,6 @@ from nlptransfer.domain import (
     split_domain,
     unlabelled,
     with_domain,
-    without_labels,
 )
 
 
@@ -104,7 +104,8 @@ def main(argv=None):
         model = DomainAdversarialModel(model, domain_args.domain_hidden_size, domain_args.domain_loss_weight)
         # source rows with labels and target rows without, shuffled together: twice the rows per batch,
         # so each step sees about a batch of labelled source text, as source_only does
-        train_features = with_domain(train_features, 0) + without_labels(encoded["target_train"].features, 1)
+        target_rows = without_labels(encoded["target_train"].features)
+        train_features = with_domain(train_features, 0) + with_domain(target_rows, 1)
         batch_size *= 2
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,}")

@@ -158,7 +158,11 @@ def train(
         gradual_unfreezing(scheduler, every * accelerator.num_processes)
     scheduler = accelerator.prepare(scheduler)
     loss_terms = [L2SP(accelerator.unwrap_model(model), transfer_args.l2sp_beta)] if transfer_args.l2sp_beta else []
-    callbacks = [lambda trainer: accelerator.unwrap_model(trainer.model).set_progress(trainer.state.step / steps)]
+    callbacks = []
+    if teachers:  # teacher annealing follows training progress
+        callbacks.append(
+            lambda trainer: accelerator.unwrap_model(trainer.model).set_progress(trainer.state.step / steps)
+        )
 
     loaders = {
         split: {n: loader for (s, n), loader in eval_loaders.items() if s == split} for split in ("validation", "test")
@@ -179,7 +183,7 @@ def train(
         evaluate=evaluate_on["validation"] if has_validation else None,
         metric_for_best_model=(args.metric_for_best_model or "average") if has_validation else None,
         loss_terms=loss_terms,
-        callbacks=callbacks if teachers else (),
+        callbacks=callbacks,
         max_steps=steps,
     )
     results = trainer.train()

@@ -553,8 +553,9 @@ def test_bad_input_gives_clear_errors(tiny_model, cls_teacher, ner_teacher, othe
 
 # ---- transfer sets: unlabelled text the teacher labels ----------------------------------------
 def test_transfer_set_rows_in_the_task_columns_and_clear_errors(tmp_path):
+    from nlptransfer.batching import without_labels
     from nlptransfer.readers import DataError
-    from nlptransfer.teacher_targets import read_transfer_set, without_labels
+    from nlptransfer.teacher_targets import read_transfer_set
 
     ner = TaskSpec(name="t", kind="ner", labels=["O", "B-PER"])
     texts = tmp_path / "news.jsonl"
