@@ -5,6 +5,8 @@ in-domain training as the ceiling, over several seeds, side by side in one run.
     python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens: a smoke run
     python benchmarks/bench_domain.py --domain_loss_weight 0.03 0.1 --workdir runs/bench_domain
         # DANN at each weight, and with the weight chosen per direction and seed by DEV (no target label)
+    python benchmarks/bench_domain.py --domain_loss_weight 0.03 --target_im_weight 0 0.3
+        # DANN with and without information maximisation on the target rows
 
 Each run is `recipes/domain_adapt.py` in its own process: each domain split 1,600 / 400 by
 --split_seed (the same split for every method and seed), model selection on a held-out 10% of the
@@ -42,7 +44,15 @@ def main() -> None:
         type=float,
         nargs="+",
         default=[0.1],
-        help="DANN's weight(s); with several, DANN also appears with the weight DEV chooses per direction and seed",
+        help="DANN's weight(s); with several settings, DANN also appears with the one DEV chooses per direction and seed",
+    )
+    parser.add_argument(
+        "--target_im_weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="DANN's target information-maximisation weight(s), crossed with --domain_loss_weight (0: plain DANN; "
+        "with domain loss weight 0, the information-maximisation term alone: an ablation)",
     )
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads per run (default: every core)")
@@ -65,15 +75,19 @@ def main() -> None:
 
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"domain{'_quick' if args.quick else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    weights = args.domain_loss_weight
+    # (domain loss weight, IM weight); (0, 0) takes nothing from the target, so it is not a setting
+    settings = [(w, e) for w in args.domain_loss_weight for e in args.target_im_weight if w or e]
+    adversarial = [s for s in settings if s[0] > 0]  # what DEV chooses among (weight 0 is the IM-only ablation)
     systems = []  # (method as named in the table, recipe method, its flags)
     for method in args.methods:
         if method != "dann":
             systems.append((method, method, []))
-        for weight in weights if method == "dann" else []:
-            systems.append(
-                (f"dann {weight:g}" if len(weights) > 1 else "dann", "dann", ["--domain_loss_weight", str(weight)])
+        for weight, im_weight in settings if method == "dann" else []:
+            name = f"dann {weight:g}" + (f" im {im_weight:g}" if im_weight else "") if len(settings) > 1 else "dann"
+            flags = ["--domain_loss_weight", str(weight)] + (
+                ["--target_im_weight", str(im_weight)] if im_weight else []
             )
+            systems.append((name, "dann", flags))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_domain_") as scratch:
         # seed by seed, so a run cut short still holds whole seeds; the ceiling on the first seed only
@@ -85,7 +99,7 @@ def main() -> None:
                     row = json.loads(done.read_text()) if done.is_file() else None
                     if row is not None and row["args"] == [*extra, *flags]:
                         print(f"{source} -> {target} / {name} / seed {seed}: already run in {out}", flush=True)
-                        rows.append(row)
+                        rows.append({**row, "method": name})  # the same flags, whatever the table called them
                         continue
                     print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
                     results = run(source, target, method, seed, [*extra, *flags], out)
@@ -107,16 +121,18 @@ def main() -> None:
                     output.write_text(json.dumps({"partial": True, "args": extra, "rows": rows}, indent=2) + "\n")
 
     methods = [name for name, _, _ in systems]
-    if len(weights) > 1:  # per direction and seed, the DANN weight with the lowest DEV risk (no target label)
-        methods.append("dann (DEV-chosen weight)")
+    if len(adversarial) > 1:  # per direction and seed, the DANN setting with the lowest DEV risk (no target label)
+        methods.append("dann (DEV-chosen setting)")
         for direction in dict.fromkeys(r["direction"] for r in rows):
             for seed in seeds:
                 runs = [
                     r
                     for r in rows
-                    if (r["direction"], r["seed"]) == (direction, seed) and r["method"].startswith("dann ")
+                    if (r["direction"], r["seed"]) == (direction, seed)
+                    and r["method"].startswith("dann ")
+                    and not r["method"].startswith("dann 0 ")
                 ]
-                if len(runs) == len(weights):
+                if len(runs) == len(adversarial):
                     chosen = min(runs, key=lambda r: r["dev_risk"])
                     rows.append({**chosen, "method": methods[-1], "chosen": chosen["method"]})
 

@@ -101,7 +101,9 @@ def main(argv=None):
     train_features = encoded["train"].features
     batch_size = args.per_device_train_batch_size
     if method.adversarial:
-        model = DomainAdversarialModel(model, domain_args.domain_hidden_size, domain_args.domain_loss_weight)
+        model = DomainAdversarialModel(
+            model, domain_args.domain_hidden_size, domain_args.domain_loss_weight, domain_args.target_im_weight
+        )
         # source rows with labels and target rows without, shuffled together: twice the rows per batch,
         # so each step sees about a batch of labelled source text, as source_only does
         target_rows = without_labels(encoded["target_train"].features)

@@ -1,6 +1,7 @@
 """Adversarial domain adaptation: seeded splits, the DANN loss and its reversed gradient, the recipe."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from nlptransfer import ConfigError
-from nlptransfer.domain import DomainAdversarialModel, split_domain
+from nlptransfer.domain import DomainAdversarialModel, information_maximisation, split_domain
 from nlptransfer.readers import Records
 
 from conftest import REPO, make_classification_rows, run_script, write_jsonl
@@ -42,6 +43,47 @@ def test_dann_loss_uses_labelled_rows_and_every_row_for_the_domain(tiny_model):
     torch.testing.assert_close(out.label_loss, plain.loss)  # target rows add no classifier loss
     torch.testing.assert_close(out.loss, out.label_loss + out.domain_loss)
     assert model(input_ids=ids).logits.shape == (4, 3)  # without domains: the plain classifier
+
+
+def test_information_maximisation_rewards_confident_and_diverse_predictions():
+    mask = torch.tensor([True, True, False])
+    confident_diverse = torch.tensor([[9.0, -9.0], [-9.0, 9.0], [0.0, 0.0]])
+    confident_one_class = torch.tensor([[9.0, -9.0], [9.0, -9.0], [-9.0, 9.0]])  # the masked-out row is ignored
+    unsure = torch.zeros(3, 2)
+    assert information_maximisation(confident_diverse, mask) == pytest.approx(-math.log(2), abs=1e-6)
+    assert information_maximisation(confident_one_class, mask) == pytest.approx(0.0, abs=1e-6)  # entropy alone: also 0
+    assert information_maximisation(unsure, mask) == pytest.approx(0.0, abs=1e-6)
+    assert information_maximisation(unsure, torch.zeros(3, dtype=torch.bool)) == 0.0
+    # descending it makes predictions confident without collapsing onto one class
+    torch.manual_seed(0)
+    logits = torch.nn.Parameter(torch.randn(8, 2) * 0.1 + torch.tensor([0.3, 0.0]))  # all lean to class 0
+    optimizer = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(200):
+        optimizer.zero_grad()
+        information_maximisation(logits, torch.ones(8, dtype=torch.bool)).backward()
+        optimizer.step()
+    probs = logits.detach().softmax(-1)
+    assert probs.max(-1).values.min() > 0.9 and set(probs.argmax(-1).tolist()) == {0, 1}
+
+
+def test_target_im_term_uses_unlabelled_rows_warmed_up(tiny_model):
+    model = dann(tiny_model).eval()
+    model.target_im_weight = 0.5
+    with torch.no_grad():  # the random tiny model predicts nearly alike for every row: spread its head
+        model.classifier.classifier.weight.mul_(100.0)
+    ids = torch.tensor([[2, 10, 11, 3], [2, 12, 13, 3], [2, 14, 15, 3], [2, 16, 17, 3]])
+    labels, domains = torch.tensor([0, 2, -100, -100]), torch.tensor([0, 0, 1, 1])
+    probs = model.classifier(input_ids=ids[2:]).logits.softmax(-1)
+    marginal = probs.mean(0)
+    by_hand = -(probs * probs.log()).sum(-1).mean() + (marginal * marginal.log()).sum()
+    model.set_progress(0.0)  # strength 0: the term is off at the start, like the reversal
+    out = model(input_ids=ids, labels=labels, domains=domains)
+    torch.testing.assert_close(out.im_loss, by_hand)
+    torch.testing.assert_close(out.loss, out.label_loss + out.domain_loss)
+    model.set_progress(1.0)
+    out = model(input_ids=ids, labels=labels, domains=domains)
+    torch.testing.assert_close(out.loss, out.label_loss + out.domain_loss + 0.5 * model.grl.strength * by_hand)
+    assert by_hand < 0  # the rows differ, so the term is not trivially 0
 
 
 def test_domain_gradient_reaches_the_encoder_reversed(tiny_model):
