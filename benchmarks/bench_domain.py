@@ -43,14 +43,14 @@ def main() -> None:
         "--domain_loss_weight",
         type=float,
         nargs="+",
-        default=[0.1],
+        default=[0.03],
         help="DANN's weight(s); with several settings, DANN also appears with the one DEV chooses per direction and seed",
     )
     parser.add_argument(
         "--target_im_weight",
         type=float,
         nargs="+",
-        default=[0.0],
+        default=[0.3],
         help="DANN's target information-maximisation weight(s), crossed with --domain_loss_weight (0: plain DANN; "
         "with domain loss weight 0, the information-maximisation term alone: an ablation)",
     )
@@ -84,9 +84,7 @@ def main() -> None:
             systems.append((method, method, []))
         for weight, im_weight in settings if method == "dann" else []:
             name = f"dann {weight:g}" + (f" im {im_weight:g}" if im_weight else "") if len(settings) > 1 else "dann"
-            flags = ["--domain_loss_weight", str(weight)] + (
-                ["--target_im_weight", str(im_weight)] if im_weight else []
-            )
+            flags = ["--domain_loss_weight", str(weight), "--target_im_weight", str(im_weight)]
             systems.append((name, "dann", flags))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_domain_") as scratch:

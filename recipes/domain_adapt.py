@@ -9,13 +9,15 @@ Each domain file is split by `--split_seed` into train and `--test_size` test ro
 the Amazon domains, as in the literature). `--method`:
   source_only  train on the source labels; the target is only scored
   dann         the same, plus the target's train text *without labels* through a domain classifier
-               behind a gradient-reversal layer
+               behind a gradient-reversal layer, and (--target_im_weight) information maximisation
+               on the classifier's target predictions
   target_only  train on the target's own labels: the in-domain ceiling
 Model selection never uses target labels except in target_only: every method selects on a
 held-out `--validation_split_percentage` of its labelled training domain (the source, for DANN).
 Runs trained on the source also report `dev_risk`, Deep Embedded Validation's estimate of the target
 risk from source validation losses weighted by how target-like each text is (no target label used):
-lower is better, so settings (e.g. --domain_loss_weight) can be chosen by it.
+lower is better, so settings (e.g. --domain_loss_weight) can be chosen by it; it ranks settings with
+information maximisation poorly (they are more confident, so their weighted source loss is higher).
 The target test rows give `test_*`; the source test rows give `source_test_*`.
 """
 
