@@ -146,8 +146,9 @@ class DomainAdversarialModel(nn.Module):
     Training batches mix source rows (labels) and target rows (label -100) with `domains` 0/1; the
     loss is the classifier's cross-entropy over labelled rows plus `domain_loss_weight` times the
     domain cross-entropy over all rows, plus `target_im_weight` (warmed up with the reversal) times the
-    information-maximisation loss of the unlabelled rows (`information_maximisation`). Without `domains` (evaluation, serving) it is the plain
-    classifier. Only `classifier` is saved as the run's model; the domain head is training-only.
+    information-maximisation loss of the unlabelled rows (`information_maximisation`). Without `domains`
+    (evaluation, serving) it is the plain classifier. Only `classifier` is saved as the run's model; the
+    domain head is training-only.
     """
 
     def __init__(
