@@ -33,6 +33,8 @@ def run(source: str, target: str, method: str, seed: int, extra: list[str], outp
 
 
 def main() -> None:
+    from nlptransfer.domain import DomainArguments  # the recipe's defaults are the benchmark's
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, texts cut to 64 tokens")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
@@ -43,14 +45,14 @@ def main() -> None:
         "--domain_loss_weight",
         type=float,
         nargs="+",
-        default=[0.03],
+        default=[DomainArguments.domain_loss_weight],
         help="DANN's weight(s); with several settings, DANN also appears with the one DEV chooses per direction and seed",
     )
     parser.add_argument(
         "--target_im_weight",
         type=float,
         nargs="+",
-        default=[0.3],
+        default=[DomainArguments.target_im_weight],
         help="DANN's target information-maximisation weight(s), crossed with --domain_loss_weight (0: plain DANN; "
         "with domain loss weight 0, the information-maximisation term alone: an ablation)",
     )
