@@ -106,6 +106,13 @@ class TaskArguments(DataArguments):
 
     name: str | None = field(default=None, metadata={"help": "Task name (default: the train file's folder name)."})
     weight: float = field(default=1.0, metadata={"help": "Static loss weight of this task."})
+    layer_mix: bool = field(
+        default=False,
+        metadata={
+            "help": "The head reads a learned softmax-weighted mix of all the encoder's layers (ELMo's scalar mix) "
+            "instead of the last one, so this task can lean on layers the other tasks bend less."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -139,6 +146,13 @@ class MultiTaskArguments:
         metadata={
             "help": "LR of learned loss weights (uncertainty): AdamW moves a parameter by about its LR per step, so at "
             "the model's 1e-4 the log-variances would barely leave 0 in a run and the weighting would stay static."
+        },
+    )
+    layer_mix_lr: float = field(
+        default=1e-2,
+        metadata={
+            "help": "LR of the layer-mix weights of tasks with `layer_mix: true` (a few numbers each): at the "
+            "model's 1e-4 AdamW would leave them near the plain mean of the layers."
         },
     )
     adapter_per_task: bool = field(
@@ -176,6 +190,8 @@ class MultiTaskArguments:
             raise ConfigError(f"--loss_weighting {self.loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
         if self.loss_weighting_lr <= 0:
             raise ConfigError(f"--loss_weighting_lr must be positive, got {self.loss_weighting_lr}")
+        if self.layer_mix_lr <= 0:
+            raise ConfigError(f"--layer_mix_lr must be positive, got {self.layer_mix_lr}")
         if not self.tasks:
             raise ConfigError("give the tasks: a `tasks:` list in the --config YAML, or --tasks tasks.yaml")
         entries = self.tasks

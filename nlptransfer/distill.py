@@ -181,9 +181,12 @@ class Teacher:
             return TeacherOutput(self.model(**inputs, task=self.task).logits[self.task])
         if self.model.adapter_per_task:
             self.model._activate(self.task)
-        out = self.model.encoder(**inputs, **flags)
-        logits = self.model.heads[self.task](out.last_hidden_state, inputs.get("attention_mask"))
-        return TeacherOutput(logits, out.hidden_states, out.attentions)
+        mixes = self.task in self.model.layer_mix  # its head reads every layer
+        out = self.model.encoder(**inputs, output_hidden_states=hidden_states or mixes, output_attentions=attentions)
+        encoded = torch.stack(out.hidden_states) if mixes else out.last_hidden_state
+        states = self.model.task_states(self.task, encoded)
+        logits = self.model.heads[self.task](states, inputs.get("attention_mask"))
+        return TeacherOutput(logits, out.hidden_states if hidden_states else None, out.attentions)
 
     def check_task(self, spec: TaskSpec) -> None:
         """The student's task must have the teacher's kind of head; it takes the teacher's label names
@@ -357,12 +360,16 @@ def student_from_teacher(teacher_model: nn.Module, layers: Sequence[int]) -> nn.
             head_dropout=teacher_model.head_dropout,
             base_model=teacher_model.base_model,
             tokenizer=teacher_model.tokenizer,
+            layer_mix=list(teacher_model.layer_mix),
         )
     else:
         config = copy.deepcopy(teacher_model.config)
         config.num_hidden_layers = len(layers)
         student = type(teacher_model)(config)
-    student.load_state_dict(select_layers(teacher_model.state_dict(), layers), strict=True)
+    state = select_layers(teacher_model.state_dict(), layers)
+    for key in [k for k in state if k.startswith("layer_mix.") and k.endswith(".weights")]:
+        state[key] = state[key][[0, *(layer + 1 for layer in layers)]]  # the embeddings' weight, the kept layers'
+    student.load_state_dict(state, strict=True)
     return student
 
 
@@ -382,6 +389,11 @@ def task_model_from_multitask(model: MultiTaskModel, task: str) -> PreTrainedMod
     task model's own head (`_HEAD_LAYOUTS`)."""
     if model.adapter_config is not None:
         raise ConfigError("a multi-task model with adapters cannot become a plain task model; use --model_name_or_path")
+    if task in model.layer_mix:
+        raise ConfigError(
+            f"task {task!r} reads a mix of the encoder's layers (layer_mix), which a plain task model cannot; "
+            "use --model_name_or_path"
+        )
     spec = model.tasks[task]
     kind = TASK_KINDS[spec.kind]
     config = copy.deepcopy(model.encoder.config)

@@ -42,6 +42,23 @@ class TokenHead(nn.Module):
         return self.out(self.dropout(hidden_states))
 
 
+class ScalarMix(nn.Module):
+    """A learned softmax-weighted sum of the encoder's layers (embeddings included), times a learned scale:
+    ELMo's scalar mix (Peters et al. 2018), per task as in UDify (Kondratyuk & Straka 2019). A task whose head
+    reads a mix can draw on lower layers, which the other tasks' gradients bend less than the shared top
+    layer. It starts as the plain mean of the layers."""
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, layers: torch.Tensor) -> torch.Tensor:
+        """`layers`: [num_layers, batch, seq, hidden] -> [batch, seq, hidden]."""
+        weights = torch.softmax(self.weights.float(), dim=0).to(layers.dtype)
+        return self.scale.to(layers.dtype) * torch.tensordot(weights, layers, dims=1)
+
+
 HEADS: dict[str, type[nn.Module]] = {"sequence": SequenceHead, "token": TokenHead}
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from nlptransfer.heads import build_head
+from nlptransfer.heads import ScalarMix, build_head
 from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.resolve import load_error, resolve_model
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
@@ -69,12 +69,15 @@ class MultiTaskModel(nn.Module):
         head_dropout: float | None = None,
         base_model: str | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        layer_mix: Sequence[str] = (),
     ):
         super().__init__()
         specs = [_as_spec(task) for task in tasks]
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"task names must be unique and at least one: {names}")
+        if unknown := sorted(set(layer_mix) - set(names)):
+            raise ValueError(f"layer_mix names {unknown}, which are not tasks of this model ({names})")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting {loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
         self.encoder = encoder
@@ -105,6 +108,9 @@ class MultiTaskModel(nn.Module):
                 for spec in specs
             }
         )
+        # tasks whose head reads a learned mix of all the encoder's layers instead of the last one
+        layers = config.num_hidden_layers + 1  # the embeddings' output and each layer's
+        self.layer_mix = nn.ModuleDict({name: ScalarMix(layers) for name in names if name in set(layer_mix)})
         self.loss_weighting_name = loss_weighting
         self.task_weights = dict(task_weights or {})
         self.head_dropout = head_dropout
@@ -165,10 +171,25 @@ class MultiTaskModel(nn.Module):
         return self.task_names.index(task)
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The last layer's states [batch, seq, hidden]; all layers' [layers, batch, seq, hidden] when a
+        task mixes layers (`layer_mix`)."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        return self.encoder(**inputs).last_hidden_state
+        if not self.layer_mix:
+            return self.encoder(**inputs).last_hidden_state
+        return torch.stack(self.encoder(**inputs, output_hidden_states=True).hidden_states)
+
+    def task_states(self, task: str, encoded: torch.Tensor) -> torch.Tensor:
+        """What `task`'s head reads from `encode`'s output: its layer mix, or the last layer."""
+        if encoded.dim() == 3:
+            return encoded
+        return self.layer_mix[task](encoded) if task in self.layer_mix else encoded[-1]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters only `task` uses: its head, its layer mix, its own adapter."""
+        mix = self.layer_mix[task].parameters() if task in self.layer_mix else ()
+        return [*self.heads[task].parameters(), *mix, *self._adapter_params.get(task, [])]
 
     def forward(
         self,
@@ -195,16 +216,16 @@ class MultiTaskModel(nn.Module):
                 self._activate(name)
                 hidden = self.encode(*(t[rows] if t is not None else None for t in inputs))
             else:
-                hidden = shared[rows]
+                hidden = shared[..., rows, :, :]  # the batch dimension, with or without a layers one
             mask = attention_mask[rows] if attention_mask is not None else None
-            logits[name] = self.heads[name](hidden, mask)
+            logits[name] = self.heads[name](self.task_states(name, hidden), mask)
             if labels is not None and name in labels:
                 losses[name] = TASK_KINDS[self.tasks[name].kind].loss(logits[name], labels[name])
         return MultiTaskOutput(loss=self.combine_losses(losses, logits), losses=losses, logits=logits)
 
     def combine_losses(self, losses: dict[str, torch.Tensor], present) -> torch.Tensor | None:
         """The weighted sum of per-task losses (`loss_weighting`), plus, in training, a zero-weighted term
-        over the heads (and adapters) of tasks not `present` in the batch, so that every trainable
+        over the heads (layer mixes, adapters) of tasks not `present` in the batch, so that every trainable
         parameter gets a gradient in every step (DDP)."""
         if not losses:
             return None
@@ -214,7 +235,7 @@ class MultiTaskModel(nn.Module):
                 p
                 for name in self.task_names
                 if name not in present
-                for p in [*self.heads[name].parameters(), *self._adapter_params.get(name, [])]
+                for p in self.task_parameters(name)
                 if p.requires_grad
             ]
             if idle:
@@ -230,6 +251,7 @@ class MultiTaskModel(nn.Module):
             "loss_weighting": self.loss_weighting_name,
             "task_weights": self.task_weights,
             "head_dropout": self.head_dropout,
+            "layer_mix": list(self.layer_mix),
             "adapter": self.adapter_config.to_dict() if self.adapter_config else None,
             "adapter_per_task": self.adapter_per_task,
         }
@@ -276,6 +298,7 @@ class MultiTaskModel(nn.Module):
             head_dropout=config["head_dropout"],
             base_model=config["base_model"],
             tokenizer=AutoTokenizer.from_pretrained(folder),
+            layer_mix=config.get("layer_mix", []),  # older artifacts have none
         )
         if config["adapter"]:
             model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]), config.get("adapter_per_task", False))
@@ -344,7 +367,7 @@ class MultiTaskModel(nn.Module):
                 if shared is None:
                     self._activate(name)
                 hidden = shared if shared is not None else self.encode(**inputs)
-                logits[name] = self.heads[name](hidden).float().cpu()
+                logits[name] = self.heads[name](self.task_states(name, hidden)).float().cpu()
             for row in range(len(chunk)):
                 results.append(
                     {

@@ -114,6 +114,7 @@ def train(
         trust_remote_code=model_args.trust_remote_code,
         loss_weighting=mtl_args.loss_weighting,
         task_weights={task.name: task.weight for task in task_args},
+        layer_mix=[task.name for task in task_args if task.layer_mix],
     )
     if lora_args.enabled:
         model.add_adapter(encoder_adapter_config(lora_args, model.encoder), per_task=mtl_args.adapter_per_task)
@@ -141,12 +142,13 @@ def train(
         for split in ("validation", "test")
         if split in encoded[name]
     }
-    weighting = list(model.loss_weighting.parameters())  # learned loss weights train at their own LR
+    # learned loss weights and layer mixes (a few numbers each) train at their own LR
+    weighting, mixes = list(model.loss_weighting.parameters()), list(model.layer_mix.parameters())
     if teachers:  # tasks with a teacher also learn its soft targets (teacher annealing: 1 -> 0 over training)
         model = MultiTaskDistillation(
             model, mtl_args.distill_alpha, mtl_args.distill_temperature, mtl_args.teacher_annealing
         )
-    own_lr = [(weighting, mtl_args.loss_weighting_lr)] if weighting else []
+    own_lr = [(weighting, mtl_args.loss_weighting_lr), (mixes, mtl_args.layer_mix_lr)]
     optimizer = build_optimizer(model, args, transfer_args.layerwise_lr_decay, own_lr)
     model, optimizer, train_loader, *prepared = accelerator.prepare(
         model, optimizer, train_loader, *eval_loaders.values()

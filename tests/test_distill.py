@@ -219,6 +219,31 @@ def test_a_multitask_head_becomes_a_plain_task_model_with_the_same_outputs(tiny_
     assert torch.equal(cut.heads["people"].out.weight, model.heads["people"].out.weight)
 
 
+def test_a_multitask_teacher_whose_head_mixes_layers(tiny_model):
+    """A layer-mix head: the teacher's feature path gives the model's logits, a cut student keeps the mix
+    weights of the embeddings and of its layers, and there is no plain task model to make of it."""
+    from nlptransfer import MultiTaskModel
+    from nlptransfer.distill import Teacher, student_from_teacher, task_model_from_multitask
+
+    tasks = [
+        TaskSpec(name="topic", kind="classification", labels=["food", "sport", "tech"]),
+        TaskSpec(name="people", kind="ner", labels=["O", "B-LOC", "B-PER"]),
+    ]
+    model = MultiTaskModel.from_encoder(tiny_model, tasks, layer_mix=["people"]).eval()
+    with torch.no_grad():
+        model.layer_mix["people"].weights.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    inputs = {"input_ids": torch.tensor([[2, 30, 45, 31, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    teacher = Teacher(model, model.tokenizer, model.tasks["people"], path="mtl", source="multitask", task="people")
+    for flags in ({}, {"attentions": True}, {"hidden_states": True}):
+        out = teacher(inputs, **flags)
+        torch.testing.assert_close(out.logits, model(**inputs, task="people").logits["people"])
+        assert (out.hidden_states is None) == ("hidden_states" not in flags)
+    cut = student_from_teacher(model, [1])
+    assert cut.layer_mix["people"].weights.tolist() == [0.5, 2.0]
+    with pytest.raises(ConfigError, match="'people' reads a mix of the encoder's layers"):
+        task_model_from_multitask(model, "people")
+
+
 def test_hidden_state_matching_trains_a_projection_when_widths_differ(tiny_model, cls_teacher):
     from transformers import BertForSequenceClassification
 

@@ -92,6 +92,24 @@ def test_per_task_lora_adapters_in_the_recipe_save_small_and_reload(tiny_model, 
     )
 
 
+def test_a_layer_mix_task_learns_its_mix_at_its_own_lr_and_reloads(tiny_model, cls_files, ner_files, tmp_path):
+    import torch
+
+    from nlptransfer import MultiTaskModel
+
+    config = yaml.safe_load(mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=3).read_text())
+    config["tasks"][1]["layer_mix"] = True
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(config))
+    results = run_mtl(["--config", str(tmp_path / "mix.yaml"), "--layer_mix_lr", "0.05"])
+    assert results["test_people_f1"] >= 0.8 and results["test_topic_accuracy"] >= 0.8
+    model = MultiTaskModel.from_pretrained(tmp_path / "mtl")
+    assert list(model.layer_mix) == ["people"]
+    weights = model.layer_mix["people"].weights.detach()
+    # AdamW moves a weight by about its LR per step: at the model's LR the mix could not get this far
+    assert float(weights.abs().max()) > 2 * results["train_steps"] * FAST["learning_rate"]
+    assert torch.softmax(weights, 0).max() > 1.5 / len(weights)  # no longer the plain mean of the layers
+
+
 def test_task_list_errors_name_the_task_and_field(tmp_path):
     with pytest.raises(ConfigError, match=r"tasks\[1\] \(b\): unknown field\(s\) \['text_colum'\]"):
         MultiTaskArguments(tasks=json.dumps([{"name": "a", "train_file": "x"}, {"name": "b", "text_colum": "t"}]))

@@ -113,6 +113,34 @@ def test_learned_loss_weights_train_at_their_own_lr(tiny_model):
     assert moved[None] < 0.01 < 0.1 < moved[1e-2]
 
 
+def test_layer_mix_head_reads_a_learned_mix_of_all_layers(tiny_model):
+    """Starts as the mean of the embeddings' and every layer's states; its weights get gradients from
+    its task's rows only (zero, but present, without them); other tasks still read the last layer."""
+    model = tiny_mtl(tiny_model, layer_mix=["ner"]).eval()
+    plain = tiny_mtl(tiny_model).eval()
+    batch = mixed_batch(model)
+    layers = model.encoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    ).hidden_states
+    assert len(layers) == model.encoder.config.num_hidden_layers + 1
+    mixed = model.task_states("ner", model.encode(batch["input_ids"], batch["attention_mask"]))
+    torch.testing.assert_close(mixed, torch.stack(layers).mean(0))
+    out, reference = model(**batch), plain(**batch)
+    torch.testing.assert_close(out.logits["topic"], reference.logits["topic"])  # the same weights, last layer
+    assert not torch.allclose(out.logits["ner"], reference.logits["ner"])
+    model.train()
+    only_topic = (batch["task_ids"] == 0).nonzero(as_tuple=True)[0]
+    inputs = {k: v[only_topic] for k, v in batch.items() if k != "labels"}
+    model(**inputs, labels={"topic": batch["labels"]["topic"]}).loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert float(model.layer_mix["ner"].weights.grad.abs().sum()) == 0
+    model.zero_grad()
+    model(**batch).loss.backward()
+    assert float(model.layer_mix["ner"].weights.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"layer_mix names \['nope'\]"):
+        tiny_mtl(tiny_model, layer_mix=["nope"])
+
+
 def test_unknown_task_and_missing_labels_are_clear(tiny_model):
     with pytest.raises(ValueError, match="no label names"):
         MultiTaskModel.from_encoder(tiny_model, [TaskSpec(name="x", kind="classification")])
@@ -133,11 +161,15 @@ print(json.dumps({name: logits.tolist() for name, logits in out.logits.items()})
 """
 
 
-@pytest.mark.parametrize("adapter", [None, "shared", "per_task"], ids=["full", "lora", "lora_per_task"])
-def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter):
+@pytest.mark.parametrize(
+    "adapter, layer_mix",
+    [(None, []), ("shared", []), ("per_task", []), (None, ["ner"]), ("per_task", ["ner"])],
+    ids=["full", "lora", "lora_per_task", "full_layer_mix", "lora_per_task_layer_mix"],
+)
+def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter, layer_mix):
     from nlptransfer.adapters import LoraArgs, encoder_adapter_config
 
-    model = tiny_mtl(tiny_model)
+    model = tiny_mtl(tiny_model, layer_mix=layer_mix)
     if adapter:
         model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder), adapter == "per_task")
     with torch.no_grad():  # move every weight away from its initial value, as training would
@@ -156,7 +188,8 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, 
         from safetensors.torch import load_file
 
         keys = load_file(tmp_path / "mtl" / "model.safetensors").keys()
-        assert keys and all("lora_" in k or k.startswith(("heads.", "loss_weighting.")) for k in keys)
+        assert keys and all("lora_" in k or k.startswith(("heads.", "loss_weighting.", "layer_mix.")) for k in keys)
+    assert config["layer_mix"] == layer_mix
     done = subprocess.run(
         [sys.executable, "-c", RELOAD, str(tmp_path / "mtl"), str(tmp_path / "batch.pt")],
         capture_output=True,
