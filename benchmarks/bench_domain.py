@@ -79,8 +79,8 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     # (domain loss weight, IM weight); (0, 0) takes nothing from the target, so it is not a setting
     settings = [(w, e) for w in args.domain_loss_weight for e in args.target_im_weight if w or e]
-    adversarial = [s for s in settings if s[0] > 0]  # what DEV chooses among (weight 0 is the IM-only ablation)
     systems = []  # (method as named in the table, recipe method, its flags)
+    adversarial = set()  # the names of the settings DEV chooses among (weight 0 is the IM-only ablation)
     for method in args.methods:
         if method != "dann":
             systems.append((method, method, []))
@@ -88,6 +88,8 @@ def main() -> None:
             name = f"dann {weight:g}" + (f" im {im_weight:g}" if im_weight else "") if len(settings) > 1 else "dann"
             flags = ["--domain_loss_weight", str(weight), "--target_im_weight", str(im_weight)]
             systems.append((name, "dann", flags))
+            if weight > 0:
+                adversarial.add(name)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_domain_") as scratch:
         # seed by seed, so a run cut short still holds whole seeds; the ceiling on the first seed only
@@ -126,11 +128,7 @@ def main() -> None:
         for direction in dict.fromkeys(r["direction"] for r in rows):
             for seed in seeds:
                 runs = [
-                    r
-                    for r in rows
-                    if (r["direction"], r["seed"]) == (direction, seed)
-                    and r["method"].startswith("dann ")
-                    and not r["method"].startswith("dann 0 ")
+                    r for r in rows if (r["direction"], r["seed"]) == (direction, seed) and r["method"] in adversarial
                 ]
                 if len(runs) == len(adversarial):
                     chosen = min(runs, key=lambda r: r["dev_risk"])
