@@ -106,6 +106,13 @@ class TaskArguments(DataArguments):
 
     name: str | None = field(default=None, metadata={"help": "Task name (default: the train file's folder name)."})
     weight: float = field(default=1.0, metadata={"help": "Static loss weight of this task."})
+    private_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Give this task its own copy of the encoder's top N layers (from the pretrained ones): the tasks "
+            "share the layers below and only this task trains its copy. Costs N layers per forward of this task."
+        },
+    )
     layer_mix: bool = field(
         default=False,
         metadata={
@@ -116,6 +123,8 @@ class TaskArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.private_layers < 0:
+            raise ConfigError(f"private_layers must be 0 or more, got {self.private_layers}")
         if not self.name:
             self.name = Path(self.train_file).parent.name if self.train_file else self.dataset_name.split("/")[-1]
 

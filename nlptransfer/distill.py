@@ -24,7 +24,7 @@ from nlptransfer.config import ConfigError
 from nlptransfer.distill_losses import HIDDEN_LOSSES, SOFT_TARGET_LOSSES, parse_layer_map
 from nlptransfer.modeling import TASK_FILE, load_adapter_model, load_model_for_task, load_tokenizer
 from nlptransfer.multitask import CONFIG_FILE as MULTITASK_FILE
-from nlptransfer.multitask import MultiTaskModel
+from nlptransfer.multitask import MultiTaskModel, encoder_layers
 from nlptransfer.resolve import ModelNotFoundError, resolve_model
 from nlptransfer.strategies import LAYER_PATTERN
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
@@ -346,9 +346,10 @@ def student_from_teacher(teacher_model: nn.Module, layers: Sequence[int]) -> nn.
             f"{'out of range: ' + ', '.join(map(str, bad)) if bad else 'give at least one'}"
         )
     if isinstance(teacher_model, MultiTaskModel):
-        if teacher_model.adapter_config is not None:
+        if teacher_model.adapter_config is not None or teacher_model.private:
             raise ConfigError(
-                "a student cannot be cut from a multi-task teacher with adapters; use --model_name_or_path"
+                "a student cannot be cut from a multi-task teacher with adapters or private layers; "
+                "use --model_name_or_path"
             )
         config = copy.deepcopy(teacher_model.encoder.config)
         config.num_hidden_layers = len(layers)
@@ -402,6 +403,11 @@ def task_model_from_multitask(model: MultiTaskModel, task: str) -> PreTrainedMod
     target = kind.auto_model.from_config(config)
     prefix = target.base_model_prefix
     encoder_state = {f"{prefix}.{k}": v for k, v in model.encoder.state_dict().items()}
+    if task in model.private:  # the task's own top layers stand in for the shared ones
+        layers = encoder_layers(model.encoder)
+        names = {id(module): name for name, module in model.encoder.named_modules()}
+        for i, layer in enumerate(model.private[task], start=len(layers) - len(model.private[task])):
+            encoder_state.update({f"{prefix}.{names[id(layers[i])]}.{k}": v for k, v in layer.state_dict().items()})
     head = model.heads[task]
     for layout in _HEAD_LAYOUTS[kind.head]:
         state = dict(encoder_state)

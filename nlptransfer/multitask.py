@@ -21,6 +21,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,6 +71,7 @@ class MultiTaskModel(nn.Module):
         base_model: str | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         layer_mix: Sequence[str] = (),
+        private_layers: dict[str, int] | None = None,
     ):
         super().__init__()
         specs = [_as_spec(task) for task in tasks]
@@ -78,6 +80,11 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"task names must be unique and at least one: {names}")
         if unknown := sorted(set(layer_mix) - set(names)):
             raise ValueError(f"layer_mix names {unknown}, which are not tasks of this model ({names})")
+        private_layers = {name: n for name, n in (private_layers or {}).items() if n}
+        if unknown := sorted(set(private_layers) - set(names)):
+            raise ValueError(f"private_layers names {unknown}, which are not tasks of this model ({names})")
+        if both := sorted(set(private_layers) & set(layer_mix)):
+            raise ValueError(f"tasks {both}: a task takes either private_layers or layer_mix, not both")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting {loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
         self.encoder = encoder
@@ -111,6 +118,18 @@ class MultiTaskModel(nn.Module):
         # tasks whose head reads a learned mix of all the encoder's layers instead of the last one
         layers = config.num_hidden_layers + 1  # the embeddings' output and each layer's
         self.layer_mix = nn.ModuleDict({name: ScalarMix(layers) for name in names if name in set(layer_mix)})
+        # tasks with their own copy of the encoder's top layers (branching off the shared ones below them)
+        self.private_layers = {name: private_layers[name] for name in names if name in private_layers}
+        self.private = nn.ModuleDict()
+        self._branch_inputs: dict[int, tuple] = {}  # shared layer index -> (hidden, args, kwargs) it was called with
+        if self.private_layers:
+            shared_layers = encoder_layers(encoder)
+            for name, n in self.private_layers.items():
+                if not 0 < n < len(shared_layers):
+                    raise ValueError(f"task {name!r}: private_layers must be 1-{len(shared_layers) - 1}, got {n}")
+                self.private[name] = copy.deepcopy(shared_layers[-n:])
+            for index in {len(shared_layers) - n for n in self.private_layers.values()}:
+                shared_layers[index].register_forward_pre_hook(partial(self._record_branch, index), with_kwargs=True)
         self.loss_weighting_name = loss_weighting
         self.task_weights = dict(task_weights or {})
         self.head_dropout = head_dropout
@@ -142,6 +161,8 @@ class MultiTaskModel(nn.Module):
         The encoder's own weights freeze; adapters and heads train. With `per_task`, each task's rows
         go through the encoder with that task's adapter (one encoder pass per task in a batch).
         """
+        if self.private:
+            raise ValueError(f"tasks {list(self.private)} have private_layers; adapters do not combine with them")
         peft_config.modules_to_save = None
         with warnings.catch_warnings():  # peft warns that a second adapter is "multiple adapters": intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -180,16 +201,29 @@ class MultiTaskModel(nn.Module):
             return self.encoder(**inputs).last_hidden_state
         return torch.stack(self.encoder(**inputs, output_hidden_states=True).hidden_states)
 
+    def _record_branch(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # what the encoder passed to shared layer `index` (its input states, attention mask, position bias...):
+        # a task's private copies of the layers from there on take the same, whatever the architecture
+        self._branch_inputs[index] = (args[0], args[1:], kwargs)
+
     def task_states(self, task: str, encoded: torch.Tensor) -> torch.Tensor:
-        """What `task`'s head reads from `encode`'s output: its layer mix, or the last layer."""
+        """What `task`'s head reads after `encode`: its private layers' output, its layer mix, or the last layer."""
+        if task in self.private:
+            private = self.private[task]
+            hidden, args, kwargs = self._branch_inputs[len(encoder_layers(self.encoder)) - len(private)]
+            for layer in private:
+                hidden = layer(hidden, *args, **kwargs)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            return hidden
         if encoded.dim() == 3:
             return encoded
         return self.layer_mix[task](encoded) if task in self.layer_mix else encoded[-1]
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """The parameters only `task` uses: its head, its layer mix, its own adapter."""
+        """The parameters only `task` uses: its head, layer mix, private layers, own adapter."""
         mix = self.layer_mix[task].parameters() if task in self.layer_mix else ()
-        return [*self.heads[task].parameters(), *mix, *self._adapter_params.get(task, [])]
+        private = self.private[task].parameters() if task in self.private else ()
+        return [*self.heads[task].parameters(), *mix, *private, *self._adapter_params.get(task, [])]
 
     def forward(
         self,
@@ -214,14 +248,20 @@ class MultiTaskModel(nn.Module):
                 continue
             if shared is None:  # this task's own adapter over its rows
                 self._activate(name)
-                hidden = self.encode(*(t[rows] if t is not None else None for t in inputs))
+                hidden = self.task_states(name, self.encode(*(t[rows] if t is not None else None for t in inputs)))
             else:
-                hidden = shared[..., rows, :, :]  # the batch dimension, with or without a layers one
+                hidden = self.task_states(name, shared)[rows]
             mask = attention_mask[rows] if attention_mask is not None else None
-            logits[name] = self.heads[name](self.task_states(name, hidden), mask)
+            logits[name] = self.heads[name](hidden, mask)
             if labels is not None and name in labels:
                 losses[name] = TASK_KINDS[self.tasks[name].kind].loss(logits[name], labels[name])
-        return MultiTaskOutput(loss=self.combine_losses(losses, logits), losses=losses, logits=logits)
+        self._branch_inputs.clear()  # no reference to this step's graph outlives it
+        loss = self.combine_losses(losses, logits)
+        if loss is not None and self.training and self.private:
+            # a batch of private-layer tasks only leaves the shared top layers' output unused: tied in with
+            # weight zero, those layers get a (zero) gradient in every step too (DDP)
+            loss = loss + 0.0 * (shared if shared.dim() == 3 else shared[-1]).sum()
+        return MultiTaskOutput(loss=loss, losses=losses, logits=logits)
 
     def combine_losses(self, losses: dict[str, torch.Tensor], present) -> torch.Tensor | None:
         """The weighted sum of per-task losses (`loss_weighting`), plus, in training, a zero-weighted term
@@ -252,6 +292,7 @@ class MultiTaskModel(nn.Module):
             "task_weights": self.task_weights,
             "head_dropout": self.head_dropout,
             "layer_mix": list(self.layer_mix),
+            "private_layers": self.private_layers,
             "adapter": self.adapter_config.to_dict() if self.adapter_config else None,
             "adapter_per_task": self.adapter_per_task,
         }
@@ -298,7 +339,8 @@ class MultiTaskModel(nn.Module):
             head_dropout=config["head_dropout"],
             base_model=config["base_model"],
             tokenizer=AutoTokenizer.from_pretrained(folder),
-            layer_mix=config.get("layer_mix", []),  # older artifacts have none
+            layer_mix=config.get("layer_mix", []),  # older artifacts have neither
+            private_layers=config.get("private_layers", {}),
         )
         if config["adapter"]:
             model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]), config.get("adapter_per_task", False))
@@ -368,6 +410,7 @@ class MultiTaskModel(nn.Module):
                     self._activate(name)
                 hidden = shared if shared is not None else self.encode(**inputs)
                 logits[name] = self.heads[name](self.task_states(name, hidden)).float().cpu()
+            self._branch_inputs.clear()
             for row in range(len(chunk)):
                 results.append(
                     {
@@ -379,6 +422,15 @@ class MultiTaskModel(nn.Module):
                 )
         self.train(was_training)
         return results
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (BERT's `encoder.layer`, DistilBERT's `transformer.layer`, ...)."""
+    count = encoder.config.num_hidden_layers
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count and name.rsplit(".", 1)[-1] in ("layer", "layers"):
+            return module
+    raise ValueError(f"found no list of {count} layers in {type(encoder).__name__}; private_layers needs one")
 
 
 def _jsonable(value):

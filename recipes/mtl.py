@@ -115,6 +115,7 @@ def train(
         loss_weighting=mtl_args.loss_weighting,
         task_weights={task.name: task.weight for task in task_args},
         layer_mix=[task.name for task in task_args if task.layer_mix],
+        private_layers={task.name: task.private_layers for task in task_args},
     )
     if lora_args.enabled:
         model.add_adapter(encoder_adapter_config(lora_args, model.encoder), per_task=mtl_args.adapter_per_task)
@@ -259,7 +260,7 @@ def main(argv=None):
                 accelerator,
                 tokenizer,
                 model_args,
-                [task],
+                [dataclasses.replace(task, private_layers=0)],  # alone, the whole encoder is the task's
                 mtl_args,
                 dataclasses.replace(args, max_steps=updates),
                 lora_args,

@@ -244,6 +244,29 @@ def test_a_multitask_teacher_whose_head_mixes_layers(tiny_model):
         task_model_from_multitask(model, "people")
 
 
+def test_a_task_with_private_layers_becomes_a_plain_task_model_with_its_own_top_layers(tiny_model):
+    from nlptransfer import MultiTaskModel
+    from nlptransfer.distill import Teacher, student_from_teacher, task_model_from_multitask
+
+    tasks = [
+        TaskSpec(name="topic", kind="classification", labels=["food", "sport", "tech"]),
+        TaskSpec(name="people", kind="ner", labels=["O", "B-LOC", "B-PER"]),
+    ]
+    model = MultiTaskModel.from_encoder(tiny_model, tasks, private_layers={"people": 1}).eval()
+    with torch.no_grad():
+        for p in model.private["people"].parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    inputs = {"input_ids": torch.tensor([[2, 30, 45, 31, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    for name in ("topic", "people"):
+        single = task_model_from_multitask(model, name)
+        torch.testing.assert_close(single(**inputs).logits, model(**inputs, task=name).logits[name])
+    teacher = Teacher(model, model.tokenizer, model.tasks["people"], path="mtl", source="multitask", task="people")
+    out = teacher(inputs, hidden_states=True)
+    torch.testing.assert_close(out.logits, model(**inputs, task="people").logits["people"])
+    with pytest.raises(ConfigError, match="adapters or private layers"):
+        student_from_teacher(model, [1])
+
+
 def test_hidden_state_matching_trains_a_projection_when_widths_differ(tiny_model, cls_teacher):
     from transformers import BertForSequenceClassification
 

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from nlptransfer import ConfigError, MultiTaskArguments
@@ -93,8 +94,6 @@ def test_per_task_lora_adapters_in_the_recipe_save_small_and_reload(tiny_model, 
 
 
 def test_a_layer_mix_task_learns_its_mix_at_its_own_lr_and_reloads(tiny_model, cls_files, ner_files, tmp_path):
-    import torch
-
     from nlptransfer import MultiTaskModel
 
     config = yaml.safe_load(mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=3).read_text())
@@ -108,6 +107,28 @@ def test_a_layer_mix_task_learns_its_mix_at_its_own_lr_and_reloads(tiny_model, c
     # AdamW moves a weight by about its LR per step: at the model's LR the mix could not get this far
     assert float(weights.abs().max()) > 2 * results["train_steps"] * FAST["learning_rate"]
     assert torch.softmax(weights, 0).max() > 1.5 / len(weights)  # no longer the plain mean of the layers
+
+
+def test_private_layers_in_the_recipe_and_a_plain_single_task_comparison(tiny_model, cls_files, ner_files, tmp_path):
+    from nlptransfer import MultiTaskModel
+
+    config = yaml.safe_load(
+        mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=4, compare_single_task=True).read_text()
+    )
+    config["tasks"][1]["private_layers"] = 1
+    (tmp_path / "private.yaml").write_text(yaml.safe_dump(config))
+    results = run_mtl(["--config", str(tmp_path / "private.yaml")])
+    assert results["test_people_f1"] >= 0.8 and results["test_topic_accuracy"] >= 0.8
+    model = MultiTaskModel.from_pretrained(tmp_path / "mtl")
+    assert model.private_layers == {"people": 1}
+    shared_top = model.encoder.encoder.layer[-1].output.dense.weight
+    assert not torch.equal(model.private["people"][0].output.dense.weight, shared_top)  # each trained its copy
+    alone = MultiTaskModel.from_pretrained(tmp_path / "mtl" / "single_task" / "people")
+    assert alone.private_layers == {}  # alone, the task has the whole encoder
+    per_layer = sum(p.numel() for p in model.private["people"].parameters())
+    assert results["total_parameters"] == sum(p.numel() for p in alone.parameters()) + per_layer + sum(
+        p.numel() for p in model.heads["topic"].parameters()
+    )
 
 
 def test_task_list_errors_name_the_task_and_field(tmp_path):

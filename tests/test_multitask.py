@@ -141,6 +141,44 @@ def test_layer_mix_head_reads_a_learned_mix_of_all_layers(tiny_model):
         tiny_mtl(tiny_model, layer_mix=["nope"])
 
 
+def test_private_layers_branch_off_the_shared_encoder_for_their_task(tiny_model):
+    """A copy of the top layer for `ner`: at first the same outputs as without; once it moves, only `ner`
+    changes. A batch of `ner` alone still gives every parameter a gradient (the shared top layer zero)."""
+    model, plain = tiny_mtl(tiny_model, private_layers={"ner": 1}).eval(), tiny_mtl(tiny_model).eval()
+    batch = mixed_batch(model)
+    out, reference = model(**batch), plain(**batch)
+    for name in ("topic", "ner"):
+        torch.testing.assert_close(out.logits[name], reference.logits[name])
+    with torch.no_grad():
+        for p in model.private["ner"].parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    moved = model(**batch)
+    torch.testing.assert_close(moved.logits["topic"], reference.logits["topic"])
+    assert not torch.allclose(moved.logits["ner"], reference.logits["ner"])
+    rows = (batch["task_ids"] == 1).nonzero(as_tuple=True)[0]  # the same rows alone: the same logits
+    alone = model(**{k: v[rows] for k, v in batch.items() if k != "labels"}, labels={"ner": batch["labels"]["ner"]})
+    torch.testing.assert_close(alone.logits["ner"], moved.logits["ner"], atol=1e-5, rtol=1e-5)
+    model.train()
+    alone = model(**{k: v[rows] for k, v in batch.items() if k != "labels"}, labels={"ner": batch["labels"]["ner"]})
+    alone.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    top = list(model.encoder.encoder.layer[-1].parameters())
+    assert all(float(p.grad.abs().sum()) == 0 for p in top)  # only the ner rows: the shared top is unused
+    assert float(model.encoder.encoder.layer[0].attention.self.query.weight.grad.abs().sum()) > 0
+    assert all(float(p.grad.abs().sum()) > 0 for p in model.private["ner"][0].output.parameters())
+    for bad, message in (
+        ({"private_layers": {"ner": 2}}, "private_layers must be 1-1, got 2"),  # the tiny encoder has 2 layers
+        ({"private_layers": {"nope": 1}}, r"private_layers names \['nope'\]"),
+        ({"private_layers": {"ner": 1}, "layer_mix": ["ner"]}, "either private_layers or layer_mix"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tiny_mtl(tiny_model, **bad)
+    from nlptransfer.adapters import LoraArgs, encoder_adapter_config
+
+    with pytest.raises(ValueError, match="adapters do not combine"):
+        model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder))
+
+
 def test_unknown_task_and_missing_labels_are_clear(tiny_model):
     with pytest.raises(ValueError, match="no label names"):
         MultiTaskModel.from_encoder(tiny_model, [TaskSpec(name="x", kind="classification")])
@@ -162,14 +200,21 @@ print(json.dumps({name: logits.tolist() for name, logits in out.logits.items()})
 
 
 @pytest.mark.parametrize(
-    "adapter, layer_mix",
-    [(None, []), ("shared", []), ("per_task", []), (None, ["ner"]), ("per_task", ["ner"])],
-    ids=["full", "lora", "lora_per_task", "full_layer_mix", "lora_per_task_layer_mix"],
+    "adapter, layer_mix, private",
+    [
+        (None, [], {}),
+        ("shared", [], {}),
+        ("per_task", [], {}),
+        (None, ["ner"], {}),
+        ("per_task", ["ner"], {}),
+        (None, [], {"ner": 1}),
+    ],
+    ids=["full", "lora", "lora_per_task", "full_layer_mix", "lora_per_task_layer_mix", "full_private_layers"],
 )
-def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter, layer_mix):
+def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter, layer_mix, private):
     from nlptransfer.adapters import LoraArgs, encoder_adapter_config
 
-    model = tiny_mtl(tiny_model, layer_mix=layer_mix)
+    model = tiny_mtl(tiny_model, layer_mix=layer_mix, private_layers=private)
     if adapter:
         model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder), adapter == "per_task")
     with torch.no_grad():  # move every weight away from its initial value, as training would
@@ -189,7 +234,7 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, 
 
         keys = load_file(tmp_path / "mtl" / "model.safetensors").keys()
         assert keys and all("lora_" in k or k.startswith(("heads.", "loss_weighting.", "layer_mix.")) for k in keys)
-    assert config["layer_mix"] == layer_mix
+    assert config["layer_mix"] == layer_mix and config["private_layers"] == private
     done = subprocess.run(
         [sys.executable, "-c", RELOAD, str(tmp_path / "mtl"), str(tmp_path / "batch.pt")],
         capture_output=True,
