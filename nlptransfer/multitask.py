@@ -428,7 +428,11 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The encoder's stack of transformer layers (BERT's `encoder.layer`, DistilBERT's `transformer.layer`, ...)."""
     count = encoder.config.num_hidden_layers
     for name, module in encoder.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count and name.rsplit(".", 1)[-1] in ("layer", "layers"):
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) == count
+            and name.rsplit(".", 1)[-1] in ("layer", "layers")
+        ):
             return module
     raise ValueError(f"found no list of {count} layers in {type(encoder).__name__}; private_layers needs one")
 
