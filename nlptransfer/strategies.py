@@ -38,7 +38,8 @@ def encoder_module(model: nn.Module) -> nn.Module:
 
 def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     """Parameters bottom-up: embeddings (and other shared encoder weights), each encoder layer, then
-    the head (everything outside the encoder). The encoder's pooler joins its top layer."""
+    the head (everything outside the encoder). The encoder's pooler joins its top layer, and a multi-task
+    model's private copies of top layers join the layers they copy."""
     encoder = encoder_module(model)
     indexed: dict[int, list[nn.Parameter]] = {}
     bottom, pooler, seen = [], [], set()
@@ -54,6 +55,10 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
         layers[-1] = layers[-1] + pooler
     else:
         bottom += pooler
+    for copies in getattr(model, "private", {}).values():  # a multi-task model's private copies of top layers
+        for i, layer in enumerate(copies, start=len(layers) - len(copies)):  # join the layer they copy
+            layers[i] = layers[i] + list(layer.parameters())
+            seen.update(id(param) for param in layer.parameters())
     head = [param for param in model.parameters() if id(param) not in seen]
     return [bottom, *layers, head]
 
@@ -245,6 +250,7 @@ def apply_strategies(model: nn.Module, transfer) -> FeatureCache | None:
             bottom_layers=transfer.freeze_layers,
             word_embeddings=transfer.freeze == "word_embeddings",
         )
-    if transfer.freeze == "encoder" and transfer.cache_features:
+    # private top layers (multi-task) start from what the encoder hands its layers, which cached outputs skip
+    if transfer.freeze == "encoder" and transfer.cache_features and not getattr(model, "private", None):
         return FeatureCache(encoder_module(model))
     return None
