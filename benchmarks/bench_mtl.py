@@ -8,7 +8,10 @@ Per seed (`--seeds`), one `recipes/mtl.py --compare_single_task` run trains the 
 then each task alone for as many updates as that task got in the multi-task run (same seed and settings);
 scores are means over seeds, deltas paired by seed. With `--born_again`, each seed's single-task models then
 teach a second multi-task model (`recipes/mtl.py --teachers`, same seed and config: the same updates per
-task), and that one is compared with them (the plain multi-task scores are kept beside it). The first
+task), and that one is compared with them (the plain multi-task scores are kept beside it). With
+`--single_task_from runs/other`, a setting that only changes multi-task options (a task's weight,
+private_layers, layer_mix) is compared with that workdir's single-task runs instead of training them again
+(they do not depend on those options; the configs and the updates per task are checked). The first
 seed's models are the ones served. Then, in this
 process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
 models each predicting its task, on the same texts. Writes benchmarks/results/mtl[_quick].json and
@@ -38,9 +41,18 @@ from nlptransfer.training import cpu_cores  # noqa: E402
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
 
 
-def run_mtl(config: Path, output_dir: Path, seed: int, extra: list[str]) -> dict:
-    args = ["--config", str(config), "--compare_single_task", "true", "--seed", str(seed), *extra]
+def run_mtl(config: Path, output_dir: Path, seed: int, extra: list[str], single_task: bool = True) -> dict:
+    args = ["--config", str(config), "--compare_single_task", str(single_task).lower(), "--seed", str(seed), *extra]
     return run_recipe("mtl.py", args, output_dir)
+
+
+# what a task may set without changing its single-task run (the single-task comparison drops private layers)
+MULTI_TASK_ONLY = ("weight", "private_layers", "layer_mix")
+
+
+def single_task_settings(config: dict) -> dict:
+    tasks = [{k: v for k, v in task.items() if k not in MULTI_TASK_ONLY} for task in config["tasks"]]
+    return {**{k: v for k, v in config.items() if k != "output_dir"}, "tasks": tasks}
 
 
 def serving_texts(config: dict, per_task: int) -> list[str]:
@@ -79,6 +91,12 @@ def main() -> None:
         action="store_true",
         help="distil each seed's single-task models into a second multi-task model and compare that one",
     )
+    parser.add_argument(
+        "--single_task_from",
+        default=None,
+        help="another --workdir of this benchmark whose config differs only in multi-task settings (a task's weight, "
+        "private_layers, layer_mix): its single-task runs are compared with, not trained again",
+    )
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=None)
@@ -86,6 +104,8 @@ def main() -> None:
         "--cpu_threads", type=int, default=None, help="torch threads of the serving measurement (default: every core)"
     )
     args = parser.parse_args()
+    if args.born_again and args.single_task_from:
+        parser.error("--born_again trains teachers from this workdir's single-task runs: leave out --single_task_from")
     config = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         config["num_train_epochs"] = 1
@@ -97,6 +117,12 @@ def main() -> None:
         workdir = Path(args.workdir or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        if args.single_task_from:
+            theirs = yaml.safe_load((Path(args.single_task_from) / "config.yaml").read_text())
+            if single_task_settings(theirs) != single_task_settings(config):
+                raise SystemExit(
+                    f"--single_task_from {args.single_task_from}: its config differs in more than {MULTI_TASK_ONLY}"
+                )
 
         def train(seed: int) -> tuple[dict, dict, dict]:
             """(the compared multi-task run of `seed`, its single-task runs, the plain multi-task run), each
@@ -104,14 +130,22 @@ def main() -> None:
             folder = workdir / f"seed{seed}" / "mtl"
             done = workdir / f"seed{seed}" / "bench_result.json"  # the run's results + wall time and peak RSS
             extra = shlex.split(args.recipe_args)
+            alone = Path(args.single_task_from) / f"seed{seed}" / "mtl" if args.single_task_from else folder
             if not done.is_file():
-                print(f"seed {seed}: training the multi-task model, then each task alone ...", flush=True)
-                done.write_text(json.dumps(run_mtl(workdir / "config.yaml", folder, seed, extra), indent=2) + "\n")
+                then = "" if args.single_task_from else ", then each task alone"
+                print(f"seed {seed}: training the multi-task model{then} ...", flush=True)
+                result = run_mtl(workdir / "config.yaml", folder, seed, extra, single_task=not args.single_task_from)
+                done.write_text(json.dumps(result, indent=2) + "\n")
             plain = json.loads(done.read_text())
             single = {
-                name: json.loads((folder / "single_task" / name / "all_results.json").read_text())
+                name: json.loads((alone / "single_task" / name / "all_results.json").read_text())
                 for name in plain["tasks"]
             }
+            for name, run in single.items():  # the same updates per task, or the comparison is off
+                if run["train_steps"] != plain["task_batches"][name]:
+                    raise SystemExit(
+                        f"{alone}: {name} trained {run['train_steps']} steps alone, not {plain['task_batches'][name]}"
+                    )
             if not args.born_again:
                 return plain, single, plain
             done = workdir / f"seed{seed}" / "bench_result_born_again.json"
@@ -130,7 +164,8 @@ def main() -> None:
         texts = serving_texts(config, args.serving_texts_per_task)
         first = workdir / f"seed{args.seeds[0]}"
         multi = MultiTaskModel.from_pretrained(first / ("born_again" if args.born_again else "mtl"))
-        singles = {name: MultiTaskModel.from_pretrained(first / "mtl" / "single_task" / name) for name in single}
+        alone = Path(args.single_task_from) / f"seed{args.seeds[0]}" if args.single_task_from else first
+        singles = {name: MultiTaskModel.from_pretrained(alone / "mtl" / "single_task" / name) for name in single}
         multi_tps = throughput(lambda batch: multi.predict(batch, tasks=multi.task_names), texts, args.repeats)
         singles_tps = throughput(
             lambda batch: [model.predict(batch) for model in singles.values()], texts, args.repeats
@@ -194,6 +229,7 @@ def main() -> None:
         "config": config,
         "recipe_args": args.recipe_args,
         "born_again": args.born_again,
+        "single_task_from": args.single_task_from,
         "rows": rows,
         "summary": summary,
     }
