@@ -210,7 +210,7 @@ class MultiTaskModel(nn.Module):
         """What `task`'s head reads after `encode`: its private layers' output, its layer mix, or the last layer."""
         if task in self.private:
             private = self.private[task]
-            hidden, args, kwargs = self._branch_inputs[len(encoder_layers(self.encoder)) - len(private)]
+            hidden, args, kwargs = self._branch_inputs[self.encoder.config.num_hidden_layers - len(private)]
             for layer in private:
                 hidden = layer(hidden, *args, **kwargs)
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
