@@ -9,8 +9,8 @@ then each task alone for as many updates as that task got in the multi-task run 
 scores are means over seeds, deltas paired by seed. With `--born_again`, each seed's single-task models then
 teach a second multi-task model (`recipes/mtl.py --teachers`, same seed and config: the same updates per
 task), and that one is compared with them (the plain multi-task scores are kept beside it). With
-`--single_task_from runs/other`, a setting that only changes multi-task options (a task's weight,
-private_layers, layer_mix) is compared with that workdir's single-task runs instead of training them again
+`--single_task_from runs/other`, a setting that only changes multi-task options (a task's weight or
+private_layers) is compared with that workdir's single-task runs instead of training them again
 (they do not depend on those options; the configs and the updates per task are checked). The first
 seed's models are the ones served. Then, in this
 process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
@@ -46,8 +46,8 @@ def run_mtl(config: Path, output_dir: Path, seed: int, extra: list[str], single_
     return run_recipe("mtl.py", args, output_dir)
 
 
-# what a task may set without changing its single-task run (the single-task comparison drops private layers)
-MULTI_TASK_ONLY = ("weight", "private_layers", "layer_mix")
+# what a task may set without changing its single-task run (the single-task comparison drops both)
+MULTI_TASK_ONLY = ("weight", "private_layers")
 
 
 def single_task_settings(config: dict) -> dict:
@@ -94,8 +94,8 @@ def main() -> None:
     parser.add_argument(
         "--single_task_from",
         default=None,
-        help="another --workdir of this benchmark whose config differs only in multi-task settings (a task's weight, "
-        "private_layers, layer_mix): its single-task runs are compared with, not trained again",
+        help="another --workdir of this benchmark whose config differs only in multi-task settings (a task's weight "
+        "or private_layers): its single-task runs are compared with, not trained again",
     )
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)

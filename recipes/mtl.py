@@ -260,7 +260,8 @@ def main(argv=None):
                 accelerator,
                 tokenizer,
                 model_args,
-                [dataclasses.replace(task, private_layers=0)],  # alone, the whole encoder is the task's
+                # alone, the whole encoder is the task's and a loss weight only rescales its loss
+                [dataclasses.replace(task, private_layers=0, weight=1.0)],
                 mtl_args,
                 dataclasses.replace(args, max_steps=updates),
                 lora_args,

@@ -109,13 +109,15 @@ def test_a_layer_mix_task_learns_its_mix_at_its_own_lr_and_reloads(tiny_model, c
     assert torch.softmax(weights, 0).max() > 1.5 / len(weights)  # no longer the plain mean of the layers
 
 
-def test_private_layers_in_the_recipe_and_a_plain_single_task_comparison(tiny_model, cls_files, ner_files, tmp_path):
+def test_private_layers_and_weight_in_the_recipe_and_a_plain_single_task_comparison(
+    tiny_model, cls_files, ner_files, tmp_path
+):
     from nlptransfer import MultiTaskModel
 
     config = yaml.safe_load(
         mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=4, compare_single_task=True).read_text()
     )
-    config["tasks"][1]["private_layers"] = 1
+    config["tasks"][1].update(private_layers=1, weight=2.0)
     (tmp_path / "private.yaml").write_text(yaml.safe_dump(config))
     results = run_mtl(["--config", str(tmp_path / "private.yaml")])
     assert results["test_people_f1"] >= 0.8 and results["test_topic_accuracy"] >= 0.8
@@ -124,7 +126,8 @@ def test_private_layers_in_the_recipe_and_a_plain_single_task_comparison(tiny_mo
     shared_top = model.encoder.encoder.layer[-1].output.dense.weight
     assert not torch.equal(model.private["people"][0].output.dense.weight, shared_top)  # each trained its copy
     alone = MultiTaskModel.from_pretrained(tmp_path / "mtl" / "single_task" / "people")
-    assert alone.private_layers == {}  # alone, the task has the whole encoder
+    assert model.task_weights["people"] == 2.0
+    assert alone.private_layers == {} and alone.task_weights == {"people": 1.0}  # alone: a plain run of the task
     per_layer = sum(p.numel() for p in model.private["people"].parameters())
     assert results["total_parameters"] == sum(p.numel() for p in alone.parameters()) + per_layer + sum(
         p.numel() for p in model.heads["topic"].parameters()
