@@ -124,13 +124,16 @@ def main() -> None:
                     f"--single_task_from {args.single_task_from}: its config differs in more than {MULTI_TASK_ONLY}"
                 )
 
+        def single_task_runs(seed: int) -> Path:
+            """The folder of `seed`'s single-task runs: this workdir's, or --single_task_from's."""
+            return Path(args.single_task_from or workdir) / f"seed{seed}" / "mtl" / "single_task"
+
         def train(seed: int) -> tuple[dict, dict, dict]:
             """(the compared multi-task run of `seed`, its single-task runs, the plain multi-task run), each
             trained here unless already done; without --born_again the first and last are the same run."""
             folder = workdir / f"seed{seed}" / "mtl"
             done = workdir / f"seed{seed}" / "bench_result.json"  # the run's results + wall time and peak RSS
             extra = shlex.split(args.recipe_args)
-            alone = Path(args.single_task_from) / f"seed{seed}" / "mtl" if args.single_task_from else folder
             if not done.is_file():
                 then = "" if args.single_task_from else ", then each task alone"
                 print(f"seed {seed}: training the multi-task model{then} ...", flush=True)
@@ -138,20 +141,20 @@ def main() -> None:
                 done.write_text(json.dumps(result, indent=2) + "\n")
             plain = json.loads(done.read_text())
             single = {
-                name: json.loads((alone / "single_task" / name / "all_results.json").read_text())
+                name: json.loads((single_task_runs(seed) / name / "all_results.json").read_text())
                 for name in plain["tasks"]
             }
             for name, run in single.items():  # the same updates per task, or the comparison is off
                 if run["train_steps"] != plain["task_batches"][name]:
                     raise SystemExit(
-                        f"{alone}: {name} trained {run['train_steps']} steps alone, not {plain['task_batches'][name]}"
+                        f"{single_task_runs(seed)}: {name} trained {run['train_steps']} steps alone, not {plain['task_batches'][name]}"
                     )
             if not args.born_again:
                 return plain, single, plain
             done = workdir / f"seed{seed}" / "bench_result_born_again.json"
             if not done.is_file():
                 print(f"seed {seed}: the single-task models teach a second multi-task model ...", flush=True)
-                teachers = ",".join(f"{name}={folder / 'single_task' / name}" for name in plain["tasks"])
+                teachers = ",".join(f"{name}={single_task_runs(seed) / name}" for name in plain["tasks"])
                 config = ["--config", str(workdir / "config.yaml"), "--seed", str(seed), "--teachers", teachers]
                 result = run_recipe("mtl.py", [*config, *extra], workdir / f"seed{seed}" / "born_again")
                 done.write_text(json.dumps(result, indent=2) + "\n")
@@ -164,8 +167,7 @@ def main() -> None:
         texts = serving_texts(config, args.serving_texts_per_task)
         first = workdir / f"seed{args.seeds[0]}"
         multi = MultiTaskModel.from_pretrained(first / ("born_again" if args.born_again else "mtl"))
-        alone = Path(args.single_task_from) / f"seed{args.seeds[0]}" if args.single_task_from else first
-        singles = {name: MultiTaskModel.from_pretrained(alone / "mtl" / "single_task" / name) for name in single}
+        singles = {name: MultiTaskModel.from_pretrained(single_task_runs(args.seeds[0]) / name) for name in single}
         multi_tps = throughput(lambda batch: multi.predict(batch, tasks=multi.task_names), texts, args.repeats)
         singles_tps = throughput(
             lambda batch: [model.predict(batch) for model in singles.values()], texts, args.repeats

@@ -119,16 +119,15 @@ class MultiTaskModel(nn.Module):
         layers = config.num_hidden_layers + 1  # the embeddings' output and each layer's
         self.layer_mix = nn.ModuleDict({name: ScalarMix(layers) for name in names if name in set(layer_mix)})
         # tasks with their own copy of the encoder's top layers (branching off the shared ones below them)
-        self.private_layers = {name: private_layers[name] for name in names if name in private_layers}
         self.private = nn.ModuleDict()
         self._branch_inputs: dict[int, tuple] = {}  # shared layer index -> (hidden, args, kwargs) it was called with
-        if self.private_layers:
+        if private_layers:
             shared_layers = encoder_layers(encoder)
-            for name, n in self.private_layers.items():
-                if not 0 < n < len(shared_layers):
+            for name in (name for name in names if name in private_layers):
+                if not 0 < (n := private_layers[name]) < len(shared_layers):
                     raise ValueError(f"task {name!r}: private_layers must be 1-{len(shared_layers) - 1}, got {n}")
                 self.private[name] = copy.deepcopy(shared_layers[-n:])
-            for index in {len(shared_layers) - n for n in self.private_layers.values()}:
+            for index in {len(shared_layers) - len(copies) for copies in self.private.values()}:
                 shared_layers[index].register_forward_pre_hook(partial(self._record_branch, index), with_kwargs=True)
         self.loss_weighting_name = loss_weighting
         self.task_weights = dict(task_weights or {})
@@ -201,6 +200,11 @@ class MultiTaskModel(nn.Module):
             return self.encoder(**inputs).last_hidden_state
         return torch.stack(self.encoder(**inputs, output_hidden_states=True).hidden_states)
 
+    @property
+    def private_layers(self) -> dict[str, int]:
+        """How many of the encoder's top layers each task with private layers has its own copy of."""
+        return {name: len(copies) for name, copies in self.private.items()}
+
     def _record_branch(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         # what the encoder passed to shared layer `index` (its input states, attention mask, position bias...):
         # a task's private copies of the layers from there on take the same, whatever the architecture
@@ -215,9 +219,7 @@ class MultiTaskModel(nn.Module):
                 hidden = layer(hidden, *args, **kwargs)
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             return hidden
-        if encoded.dim() == 3:
-            return encoded
-        return self.layer_mix[task](encoded) if task in self.layer_mix else encoded[-1]
+        return self.layer_mix[task](encoded) if task in self.layer_mix else _last_layer(encoded)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """The parameters only `task` uses: its head, layer mix, private layers, own adapter."""
@@ -260,7 +262,7 @@ class MultiTaskModel(nn.Module):
         if loss is not None and self.training and self.private:
             # a batch of private-layer tasks only leaves the shared top layers' output unused: tied in with
             # weight zero, those layers get a (zero) gradient in every step too (DDP)
-            loss = loss + 0.0 * (shared if shared.dim() == 3 else shared[-1]).sum()
+            loss = loss + 0.0 * _last_layer(shared).sum()
         return MultiTaskOutput(loss=loss, losses=losses, logits=logits)
 
     def combine_losses(self, losses: dict[str, torch.Tensor], present) -> torch.Tensor | None:
@@ -422,6 +424,11 @@ class MultiTaskModel(nn.Module):
                 )
         self.train(was_training)
         return results
+
+
+def _last_layer(encoded: torch.Tensor) -> torch.Tensor:
+    """The last layer's states from `encode`'s output (the last of all layers' when a task mixes layers)."""
+    return encoded if encoded.dim() == 3 else encoded[-1]
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
