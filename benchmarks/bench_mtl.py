@@ -8,13 +8,16 @@ Per seed (`--seeds`), one `recipes/mtl.py --compare_single_task` run trains the 
 then each task alone for as many updates as that task got in the multi-task run (same seed and settings);
 scores are means over seeds, deltas paired by seed. With `--born_again`, each seed's single-task models then
 teach a second multi-task model (`recipes/mtl.py --teachers`, same seed and config: the same updates per
-task), and that one is compared with them (the plain multi-task scores are kept beside it). With
+task), and that one is compared with them (the plain multi-task scores are kept beside it);
+`--born_again trec sst2` gives only those tasks a teacher. With
 `--single_task_from runs/other`, a setting that only changes multi-task options (a task's weight or
 private_layers) is compared with that workdir's single-task runs instead of training them again
 (they do not depend on those options; the configs and the updates per task are checked). The first
 seed's models are the ones served. Then, in this
 process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
-models each predicting its task, on the same texts. Writes benchmarks/results/mtl[_quick].json and
+models each predicting its task, on the same texts, timed back to back in each of `--repeats` rounds
+after an untimed one (the speedup is the median of the rounds' ratios; a finished workdir re-measures
+only this). Writes benchmarks/results/mtl[_quick].json and
 prints a markdown table.
 """
 
@@ -64,14 +67,21 @@ def serving_texts(config: dict, per_task: int) -> list[str]:
     return texts
 
 
-def throughput(predict, texts: list[str], repeats: int) -> float:
-    predict(texts[:64])  # warm-up
-    times = []
+def paired_throughput(multi, singles, texts: list[str], repeats: int) -> tuple[float, float, list[float]]:
+    """(multi texts/s, singles texts/s, each round's speedup): medians over `repeats` rounds, each round timing
+    both systems back to back, so a slow spell of the machine slows both sides of a round's ratio alike."""
+    multi(texts), singles(texts)  # an untimed round: the first one ran ~10% slower for the multi-task side
+    rounds = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        predict(texts)
-        times.append(time.perf_counter() - start)
-    return len(texts) / statistics.median(times)
+        times = []
+        for predict in (multi, singles):
+            start = time.perf_counter()
+            predict(texts)
+            times.append(time.perf_counter() - start)
+        rounds.append(times)
+    multi_tps = len(texts) / statistics.median(t for t, _ in rounds)
+    singles_tps = len(texts) / statistics.median(t for _, t in rounds)
+    return multi_tps, singles_tps, [t_single / t_multi for t_multi, t_single in rounds]
 
 
 def main() -> None:
@@ -88,8 +98,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--born_again",
-        action="store_true",
-        help="distil each seed's single-task models into a second multi-task model and compare that one",
+        nargs="*",
+        default=None,
+        metavar="TASK",
+        help="distil each seed's single-task models into a second multi-task model and compare that one; "
+        "with task names, only those tasks get a teacher (the others learn from their labels alone)",
     )
     parser.add_argument(
         "--single_task_from",
@@ -98,14 +111,12 @@ def main() -> None:
         "or private_layers): its single-task runs are compared with, not trained again",
     )
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="serving rounds (each times both systems)")
     parser.add_argument("--output", default=None)
     parser.add_argument(
         "--cpu_threads", type=int, default=None, help="torch threads of the serving measurement (default: every core)"
     )
     args = parser.parse_args()
-    if args.born_again and args.single_task_from:
-        parser.error("--born_again trains teachers from this workdir's single-task runs: leave out --single_task_from")
     config = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         config["num_train_epochs"] = 1
@@ -123,6 +134,9 @@ def main() -> None:
                 raise SystemExit(
                     f"--single_task_from {args.single_task_from}: its config differs in more than {MULTI_TASK_ONLY}"
                 )
+
+        born_again = args.born_again  # None: no born-again run; []: every task gets a teacher
+        born_again_name = "_".join(["born_again", *sorted(born_again or [])])  # one folder per teacher set
 
         def single_task_runs(seed: int) -> Path:
             """The folder of `seed`'s single-task runs: this workdir's, or --single_task_from's."""
@@ -149,14 +163,21 @@ def main() -> None:
                     raise SystemExit(
                         f"{single_task_runs(seed)}: {name} trained {run['train_steps']} steps alone, not {plain['task_batches'][name]}"
                     )
-            if not args.born_again:
+            if born_again is None:
                 return plain, single, plain
-            done = workdir / f"seed{seed}" / "bench_result_born_again.json"
+            taught = born_again or plain["tasks"]
+            unknown = sorted(set(taught) - set(plain["tasks"]))
+            if unknown:
+                raise SystemExit(f"--born_again {' '.join(unknown)}: not a task of {args.config} ({plain['tasks']})")
+            done = workdir / f"seed{seed}" / f"bench_result_{born_again_name}.json"
             if not done.is_file():
-                print(f"seed {seed}: the single-task models teach a second multi-task model ...", flush=True)
-                teachers = ",".join(f"{name}={single_task_runs(seed) / name}" for name in plain["tasks"])
+                print(
+                    f"seed {seed}: single-task models ({', '.join(taught)}) teach a second multi-task model ...",
+                    flush=True,
+                )
+                teachers = ",".join(f"{name}={single_task_runs(seed) / name}" for name in taught)
                 config = ["--config", str(workdir / "config.yaml"), "--seed", str(seed), "--teachers", teachers]
-                result = run_recipe("mtl.py", [*config, *extra], workdir / f"seed{seed}" / "born_again")
+                result = run_recipe("mtl.py", [*config, *extra], workdir / f"seed{seed}" / born_again_name)
                 done.write_text(json.dumps(result, indent=2) + "\n")
             return json.loads(done.read_text()), single, plain
 
@@ -166,11 +187,13 @@ def main() -> None:
         print("measuring serving throughput ...", flush=True)
         texts = serving_texts(config, args.serving_texts_per_task)
         first = workdir / f"seed{args.seeds[0]}"
-        multi = MultiTaskModel.from_pretrained(first / ("born_again" if args.born_again else "mtl"))
+        multi = MultiTaskModel.from_pretrained(first / (born_again_name if born_again is not None else "mtl"))
         singles = {name: MultiTaskModel.from_pretrained(single_task_runs(args.seeds[0]) / name) for name in single}
-        multi_tps = throughput(lambda batch: multi.predict(batch, tasks=multi.task_names), texts, args.repeats)
-        singles_tps = throughput(
-            lambda batch: [model.predict(batch) for model in singles.values()], texts, args.repeats
+        multi_tps, singles_tps, speedups = paired_throughput(
+            lambda batch: multi.predict(batch, tasks=multi.task_names),
+            lambda batch: [model.predict(batch) for model in singles.values()],
+            texts,
+            args.repeats,
         )
     rows = []
     for name in results["tasks"]:
@@ -215,7 +238,8 @@ def main() -> None:
         "peak_rss_mib": results["peak_rss_mib"],
     }
     summary["parameter_ratio"] = summary["multi_task_parameters"] / summary["single_task_parameters"]
-    summary["serving_speedup"] = multi_tps / singles_tps
+    summary["serving_speedup"] = statistics.median(speedups)
+    summary["serving_round_speedups"] = speedups
     summary["targets"] = {
         "average >= single-task average": summary["multi_task_average"] >= summary["single_task_average"],
         "no task more than 0.5 points below": summary["worst_task_delta_points"] >= -0.5,
@@ -237,7 +261,8 @@ def main() -> None:
     }
     output.write_text(json.dumps(record, indent=2) + "\n")
 
-    kind = "born-again multi-task (single-task teachers)" if args.born_again else "multi-task"
+    taught = ", ".join(args.born_again or results["tasks"])
+    kind = f"born-again multi-task (single-task teachers: {taught})" if args.born_again is not None else "multi-task"
     print(f"\nseeds {args.seeds}: {kind}; means (Δ: mean ± std of the per-seed difference)")
     print("| task | metric | multi-task | single-task (same updates) | Δ (points) | Δ validation |")
     print("|---|---|---|---|---|---|")
@@ -263,7 +288,7 @@ def main() -> None:
         f"{summary['multi_task_train_s'] / summary['single_task_train_s']:.2f}x |"
     )
     print(
-        f"| serving, texts/s ({len(texts)} texts, all 3 tasks) | {multi_tps:.1f} | {singles_tps:.1f} | {summary['serving_speedup']:.2f}x |"
+        f"| serving, texts/s ({len(texts)} texts, all 3 tasks) | {multi_tps:.1f} | {singles_tps:.1f} | {summary['serving_speedup']:.2f}x (median of {args.repeats} paired rounds) |"
     )
     print("\n" + "\n".join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in summary["targets"].items()))
     print(f"\nwritten to {output}")
