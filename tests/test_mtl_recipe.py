@@ -134,6 +134,19 @@ def test_private_layers_and_weight_in_the_recipe_and_a_plain_single_task_compari
     )
 
 
+SHIPPED = sorted(p for p in (REPO / "recipes" / "configs").glob("*.yaml") if "tasks" in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
+def test_shipped_multi_task_configs_parse_with_the_recipes_arguments(config):
+    """A misspelt key or task field in a shipped config fails here, not after minutes of the main job."""
+    from nlptransfer import LoraArgs, ModelArguments, TrainArguments, TransferArguments, parse_args
+
+    dataclasses = ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments
+    _, mtl_args, *_ = parse_args(*dataclasses, args=["--config", str(config)])
+    assert mtl_args.task_args and all(task.train_file or task.dataset_name for task in mtl_args.task_args)
+
+
 def test_task_list_errors_name_the_task_and_field(tmp_path):
     with pytest.raises(ConfigError, match=r"tasks\[1\] \(b\): unknown field\(s\) \['text_colum'\]"):
         MultiTaskArguments(tasks=json.dumps([{"name": "a", "train_file": "x"}, {"name": "b", "text_colum": "t"}]))
