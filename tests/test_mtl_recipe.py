@@ -8,7 +8,15 @@ import pytest
 import torch
 import yaml
 
-from nlptransfer import ConfigError, MultiTaskArguments
+from nlptransfer import (
+    ConfigError,
+    LoraArgs,
+    ModelArguments,
+    MultiTaskArguments,
+    TrainArguments,
+    TransferArguments,
+    parse_args,
+)
 
 from conftest import REPO, run_script
 
@@ -140,10 +148,8 @@ SHIPPED = sorted(p for p in (REPO / "recipes" / "configs").glob("*.yaml") if "ta
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
 def test_shipped_multi_task_configs_parse_with_the_recipes_arguments(config):
     """A misspelt key or task field in a shipped config fails here, not after minutes of the main job."""
-    from nlptransfer import LoraArgs, ModelArguments, TrainArguments, TransferArguments, parse_args
-
-    dataclasses = ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments
-    _, mtl_args, *_ = parse_args(*dataclasses, args=["--config", str(config)])
+    recipe_arguments = ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments
+    _, mtl_args, *_ = parse_args(*recipe_arguments, args=["--config", str(config)])
     assert mtl_args.task_args and all(task.train_file or task.dataset_name for task in mtl_args.task_args)
 
 
