@@ -140,6 +140,7 @@ def main() -> None:
         if set(born_again or []) - set(names):
             parser.error(f"--born_again {' '.join(born_again)}: the tasks of {args.config} are {names}")
         born_again_name = "_".join(["born_again", *sorted(born_again or [])])  # one folder per teacher set
+        taught = born_again or names  # the tasks that get a teacher in the born-again run
 
         def single_task_runs(seed: int) -> Path:
             """The folder of `seed`'s single-task runs: this workdir's, or --single_task_from's."""
@@ -168,7 +169,6 @@ def main() -> None:
                     )
             if born_again is None:
                 return plain, single, plain
-            taught = born_again or plain["tasks"]
             done = workdir / f"seed{seed}" / f"bench_result_{born_again_name}.json"
             if not done.is_file():
                 print(
@@ -261,8 +261,9 @@ def main() -> None:
     }
     output.write_text(json.dumps(record, indent=2) + "\n")
 
-    taught = ", ".join(args.born_again or results["tasks"])
-    kind = f"born-again multi-task (single-task teachers: {taught})" if args.born_again is not None else "multi-task"
+    kind = (
+        f"born-again multi-task (single-task teachers: {', '.join(taught)})" if born_again is not None else "multi-task"
+    )
     print(f"\nseeds {args.seeds}: {kind}; means (Δ: mean ± std of the per-seed difference)")
     print("| task | metric | multi-task | single-task (same updates) | Δ (points) | Δ validation |")
     print("|---|---|---|---|---|---|")
