@@ -224,7 +224,16 @@ def main() -> None:
                 "single_task_updates": single[name]["train_steps"],
             }
         )
+    # the average over tasks, per seed: its spread says how far the average Δ can be trusted
+    per_seed = [
+        statistics.mean(100 * (r["multi_task_scores"][i] - r["single_task_scores"][i]) for r in rows)
+        for i in range(len(args.seeds))
+    ]
+    average_delta, average_std = mean_std(per_seed)
     summary = {
+        "average_delta_points": average_delta,
+        "average_delta_per_seed_points": per_seed,
+        "average_delta_stderr_points": average_std / len(per_seed) ** 0.5,
         "multi_task_average": statistics.mean(r["multi_task"] for r in rows),
         "single_task_average": statistics.mean(r["single_task"] for r in rows),
         "worst_task_delta_points": min(r["delta_points"] for r in rows),
@@ -264,7 +273,9 @@ def main() -> None:
     kind = (
         f"born-again multi-task (single-task teachers: {', '.join(taught)})" if born_again is not None else "multi-task"
     )
-    print(f"\nseeds {args.seeds}: {kind}; means (Δ: mean ± std of the per-seed difference)")
+    print(
+        f"\nseeds {args.seeds}: {kind}; means (Δ: mean ± std of the per-seed difference; average: ± its standard error)"
+    )
     print("| task | metric | multi-task | single-task (same updates) | Δ (points) | Δ validation |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -274,9 +285,10 @@ def main() -> None:
             f"| {r['task']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} | "
             f"{r['delta_points']:+.2f}{spread}{flag} | {r['validation_delta_points']:+.2f} |"
         )
+    average_spread = f" ± {summary['average_delta_stderr_points']:.2f}" if len(args.seeds) > 1 else ""
     print(
         f"| **average** | | {summary['multi_task_average']:.4f} | {summary['single_task_average']:.4f} | "
-        f"{100 * (summary['multi_task_average'] - summary['single_task_average']):+.2f} | "
+        f"{average_delta:+.2f}{average_spread} | "
         f"{summary['validation_average_delta_points']:+.2f} |"
     )
     print("\n| | multi-task (1 model) | single-task (3 models) | ratio |")
