@@ -17,7 +17,7 @@ seed's models are the ones served. Then, in this
 process, serving throughput: one multi-task `predict` over all three tasks vs the three single-task
 models each predicting its task, on the same texts, timed back to back in each of `--repeats` rounds
 after an untimed one (the speedup is the median of the rounds' ratios; a finished workdir re-measures
-only this). Writes benchmarks/results/mtl[_quick].json and
+only this; it must be given the config its runs were trained with). Writes benchmarks/results/mtl[_quick].json and
 prints a markdown table.
 """
 
@@ -56,6 +56,25 @@ MULTI_TASK_ONLY = ("weight", "private_layers")
 def single_task_settings(config: dict) -> dict:
     tasks = [{k: v for k, v in task.items() if k not in MULTI_TASK_ONLY} for task in config["tasks"]]
     return {**{k: v for k, v in config.items() if k != "output_dir"}, "tasks": tasks}
+
+
+def config_changes(old: dict, new: dict, where: str = "") -> list[str]:
+    """Each field that differs between two configs, as `path: old -> new` (tasks by index and name)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for key in dict.fromkeys([*old, *new])
+            for change in config_changes(old.get(key, "absent"), new.get(key, "absent"), f"{where}.{key}".lstrip("."))
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            change
+            for i, (a, b) in enumerate(zip(old, new))
+            for change in config_changes(
+                a, b, f"{where}[{i}]" + (f" ({a['name']})" if isinstance(a, dict) and "name" in a else "")
+            )
+        ]
+    return [] if old == new else [f"{where}: {old} -> {new}"]
 
 
 def serving_texts(config: dict, per_task: int) -> list[str]:
@@ -127,7 +146,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_mtl_") as scratch:
         workdir = Path(args.workdir or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        stored = workdir / "config.yaml"
+        if stored.is_file() and any(workdir.glob("seed*/bench_result*.json")):  # finished runs: same config only
+            changes = config_changes(yaml.safe_load(stored.read_text()), config)
+            if changes:
+                raise SystemExit(
+                    f"--workdir {workdir}: its finished runs were trained with {stored}, not with --config "
+                    f"{args.config}: {'; '.join(changes)}. Use another --workdir (one per setting)."
+                )
+        stored.write_text(yaml.safe_dump(config, sort_keys=False))
         if args.single_task_from:
             theirs = yaml.safe_load((Path(args.single_task_from) / "config.yaml").read_text())
             if single_task_settings(theirs) != single_task_settings(config):
