@@ -58,13 +58,23 @@ def single_task_settings(config: dict) -> dict:
     return {**{k: v for k, v in config.items() if k != "output_dir"}, "tasks": tasks}
 
 
+class _Absent:
+    """A field one config lacks (unequal to any value the other may hold, "absent" included)."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+ABSENT = _Absent()
+
+
 def config_changes(old: dict, new: dict, where: str = "") -> list[str]:
     """Each field that differs between two configs, as `path: old -> new` (tasks by index and name)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [
             change
             for key in dict.fromkeys([*old, *new])
-            for change in config_changes(old.get(key, "absent"), new.get(key, "absent"), f"{where}.{key}".lstrip("."))
+            for change in config_changes(old.get(key, ABSENT), new.get(key, ABSENT), f"{where}.{key}".lstrip("."))
         ]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [
@@ -74,7 +84,7 @@ def config_changes(old: dict, new: dict, where: str = "") -> list[str]:
                 a, b, f"{where}[{i}]" + (f" ({a['name']})" if isinstance(a, dict) and "name" in a else "")
             )
         ]
-    return [] if old == new else [f"{where}: {old} -> {new}"]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 def serving_texts(config: dict, per_task: int) -> list[str]:
@@ -157,9 +167,11 @@ def main() -> None:
         stored.write_text(yaml.safe_dump(config, sort_keys=False))
         if args.single_task_from:
             theirs = yaml.safe_load((Path(args.single_task_from) / "config.yaml").read_text())
-            if single_task_settings(theirs) != single_task_settings(config):
+            changes = config_changes(single_task_settings(theirs), single_task_settings(config))
+            if changes:
                 raise SystemExit(
-                    f"--single_task_from {args.single_task_from}: its config differs in more than {MULTI_TASK_ONLY}"
+                    f"--single_task_from {args.single_task_from}: its config differs in more than {MULTI_TASK_ONLY}: "
+                    f"{'; '.join(changes)}"
                 )
 
         born_again = args.born_again  # None: no born-again run; []: every task gets a teacher
