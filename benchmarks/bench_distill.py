@@ -21,13 +21,21 @@ epoch then holds more rows.
 Writes benchmarks/results/distill[_quick].json after every system and prints a markdown table.
 """
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, TASKS, group_rows, mean_std, run_recipe
+from _common import (
+    TASKS,
+    benchmark_parser,
+    group_rows,
+    markdown_table,
+    mean_std,
+    results_path,
+    run_recipe,
+    write_results,
+)
 
 MINILM, MPNET = "sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"
 
@@ -232,18 +240,20 @@ def write(output: Path, quick: bool, rows: list[dict]) -> tuple[dict, list[dict]
             e.get("delta_vs_labels_only_points", 0) >= 1 for e in summary
         ),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"quick": quick, "targets": targets, "summary": summary, "rows": rows}
-    output.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(output, {"quick": quick, "targets": targets, "summary": summary, "rows": rows})
     return targets, summary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 training examples, 1 epoch")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser = benchmark_parser(
+        __doc__,
+        quick="300 training examples, 1 epoch",
+        tasks=list(TASKS),
+        seed=42,
+        workdir="keep every model here (default: a temporary folder)",
+        cpu_threads="torch threads (default: every core)",
+    )
     parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--teacher_lr", type=float, default=1e-4, help="MiniLM teacher (the recipe's default)")
     parser.add_argument("--mpnet_lr", type=float, default=5e-5, help="all-mpnet-base-v2 teacher")
     parser.add_argument("--student_lr", type=float, default=1e-4)
@@ -272,10 +282,7 @@ def main() -> None:
         "--distill_epochs", type=float, default=None, help="epochs of the distilled cut students (default: theirs)"
     )
     parser.add_argument("--skip_mpnet", action="store_true", help="leave out the mpnet -> MiniLM pair")
-    parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per model (best is kept)")
-    parser.add_argument("--workdir", default=None, help="keep every model here (default: a temporary folder)")
-    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.student_epochs, args.mpnet_epochs = 1, None, None
@@ -285,7 +292,7 @@ def main() -> None:
         common += ["--cpu_threads", str(args.cpu_threads)]
     if args.quick:
         common += ["--max_train_samples", "300", "--max_eval_samples", "300", "--max_test_samples", "300"]
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"distill{'_quick' if args.quick else ''}.json")
+    output = results_path(args, "distill")
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as scratch:
@@ -336,10 +343,7 @@ def main() -> None:
                     row.update(speed[row["model"]])  # every seed of a model has the same architecture
             targets, summary = write(output, args.quick, rows)
 
-    print(
-        "\n| task | model | layers | init | test score | % of teacher | Δ vs labels only | parameters | examples/s | speed-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    table = []
     for e in summary:
         seeds = len(e["scores"])
         delta = (
@@ -348,11 +352,19 @@ def main() -> None:
             else "-"
         )
         retained = f"{e['retained_percent']:.1f}%" if e.get("retained_percent") is not None else "-"
-        print(
-            f"| {e['task']} | {e['model']} | {e['layers']} | {e['init']} | {e['metric']} "
-            f"{spread(e['score'], e['score_std'], '.4f', seeds)} | {retained} | {delta} | {e['parameters'] / 1e6:.1f}M | "
-            f"{e['examples_per_second']:.0f} | {e['speedup_vs_teacher']:.2f}x |"
+        table.append(
+            [
+                e["task"],
+                e["model"],
+                e["layers"],
+                e["init"],
+                f"{e['metric']} {spread(e['score'], e['score_std'], '.4f', seeds)}",
+            ]
+            + [retained, delta, f"{e['parameters'] / 1e6:.1f}M", f"{e['examples_per_second']:.0f}"]
+            + [f"{e['speedup_vs_teacher']:.2f}x"]
         )
+    header = ["task", "model", "layers", "init", "test score", "% of teacher", "Δ vs labels only", "parameters"]
+    print("\n" + markdown_table([*header, "examples/s", "speed-up"], table))
     for target, met in targets.items():
         print(f"- {target}: {met}")
     print(f"\nwritten to {output}")

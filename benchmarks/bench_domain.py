@@ -14,13 +14,12 @@ labelled training domain (never target labels, except for the in-domain ceiling)
 initialisation and order. Writes benchmarks/results/domain[_quick].json and prints markdown tables.
 """
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from _common import DATA, ROOT, mean_std, run_recipe
+from _common import DATA, benchmark_parser, markdown_table, mean_std, results_path, run_recipe, write_results
 
 AMAZON = DATA / "amazon_multidomain"
 DIRECTIONS = [("books", "kitchen"), ("kitchen", "books")]
@@ -35,9 +34,13 @@ def run(source: str, target: str, method: str, seed: int, extra: list[str], outp
 def main() -> None:
     from nlptransfer.domain import DomainArguments  # the recipe's defaults are the benchmark's
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, texts cut to 64 tokens")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser = benchmark_parser(
+        __doc__,
+        quick="1 seed, 1 epoch, texts cut to 64 tokens",
+        seeds=[42, 43, 44],
+        workdir="keep every run here; a finished run is not trained again",
+        cpu_threads="torch threads per run (default: every core)",
+    )
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -57,9 +60,6 @@ def main() -> None:
         "with domain loss weight 0, the information-maximisation term alone: an ablation)",
     )
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads per run (default: every core)")
-    parser.add_argument("--workdir", default=None, help="keep every run here; a finished run is not trained again")
-    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
     extra = [
@@ -75,8 +75,7 @@ def main() -> None:
     if args.cpu_threads:
         extra += ["--cpu_threads", str(args.cpu_threads)]
 
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"domain{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = results_path(args, "domain")
     # (domain loss weight, IM weight); (0, 0) takes nothing from the target, so it is not a setting
     settings = [(w, e) for w in args.domain_loss_weight for e in args.target_im_weight if w or e]
     systems = []  # (method as named in the table, recipe method, its flags)
@@ -120,7 +119,7 @@ def main() -> None:
                         }
                     )
                     done.write_text(json.dumps(rows[-1], indent=2) + "\n")
-                    output.write_text(json.dumps({"partial": True, "args": extra, "rows": rows}, indent=2) + "\n")
+                    write_results(output, {"partial": True, "args": extra, "rows": rows})
 
     methods = [name for name, _, _ in systems]
     if len(adversarial) > 1:  # per direction and seed, the DANN setting with the lowest DEV risk (no target label)
@@ -145,17 +144,16 @@ def main() -> None:
     done = [m for m in methods if any(s["method"] == m for s in summary)]
     mean_of = {m: statistics.mean(s["mean"] for s in summary if s["method"] == m) for m in done}
     payload = {"quick": args.quick, "args": extra, "seeds": seeds, "rows": rows, "summary": summary, "average": mean_of}
-    output.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(output, payload)
 
-    print("\n| direction | method | target accuracy (mean ± std over seeds) | per seed |")
-    print("|---|---|---|---|")
-    for s in summary:
-        per_seed = ", ".join(f"{x:.4f}" for x in s["scores"])
-        print(f"| {s['direction']} | {s['method']} | {s['mean']:.4f} ± {s['std']:.4f} | {per_seed} |")
-    print("\n| method | average target accuracy over both directions |")
-    print("|---|---|")
-    for method, value in mean_of.items():
-        print(f"| {method} | {value:.4f} |")
+    table = [
+        [s["direction"], s["method"], f"{s['mean']:.4f} ± {s['std']:.4f}", ", ".join(f"{x:.4f}" for x in s["scores"])]
+        for s in summary
+    ]
+    header = ["direction", "method", "target accuracy (mean ± std over seeds)", "per seed"]
+    print("\n" + markdown_table(header, table))
+    table = [[method, f"{value:.4f}"] for method, value in mean_of.items()]
+    print("\n" + markdown_table(["method", "average target accuracy over both directions"], table))
     for method in [m for m in mean_of if m.startswith("dann") and "source_only" in mean_of]:
         print(f"{method} - source-only: {100 * (mean_of[method] - mean_of['source_only']):+.2f} points")
     print(f"\nwritten to {output}")

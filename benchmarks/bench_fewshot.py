@@ -4,7 +4,7 @@
     python benchmarks/bench_fewshot.py --quick      # 10 episodes, 20 meta-steps, 2 steps each: a smoke run
 
 The fine classes are split by `--class_split_seed` into meta-train and meta-test groups
-(`nlptransfer.episodes.split_classes`, the same call recipes/meta.py makes; its saved split is
+(`nlptransfer.meta.episodes.split_classes`, the same call recipes/meta.py makes; its saved split is
 checked against this one). Starting points, each trained only on rows of the meta-train classes:
   pretrained    all-MiniLM-L6-v2 as it is
   multi-task    recipes/finetune.py on the meta-train classes' rows (--label_column_name fine_label)
@@ -20,13 +20,12 @@ Training runs in its own process per start (`_run.py`); with --workdir, trained 
 evaluations are reused. Writes benchmarks/results/fewshot[_quick].json as it goes.
 """
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, ROOT, run_recipe
+from _common import DATA, benchmark_parser, markdown_table, results_path, run_recipe, write_results
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TREC_TRAIN = DATA / "trec" / "train.jsonl"
@@ -98,8 +97,8 @@ def evaluate_start(start: dict, args, records, meta_test: list[str], cache: Path
     from transformers import AutoModel, AutoTokenizer
 
     from nlptransfer import resolve_model
-    from nlptransfer.episodes import ClassPool, EpisodeSampler
     from nlptransfer.meta import EpisodeLearner, episode_accuracy, prototype_accuracy
+    from nlptransfer.meta.episodes import ClassPool, EpisodeSampler
 
     path = resolve_model(start["folder"])
     encoder, info = AutoModel.from_pretrained(path, output_loading_info=True)
@@ -143,7 +142,7 @@ def evaluate_start(start: dict, args, records, meta_test: list[str], cache: Path
 
 def paired(rows: list[dict], a: str, b: str, shot: int, method: str = "finetuned") -> dict | None:
     """Mean ± 95% CI of a - b over the same episodes, in accuracy points."""
-    from nlptransfer.episodes import mean_ci95
+    from nlptransfer.meta.episodes import mean_ci95
 
     by = {(r["start"], r["shot"]): r for r in rows}
     if (a, shot) not in by or (b, shot) not in by:
@@ -154,7 +153,7 @@ def paired(rows: list[dict], a: str, b: str, shot: int, method: str = "finetuned
 
 
 def write(output: Path, args, split: dict, starts: list[dict], rows: list[dict]) -> dict:
-    from nlptransfer.episodes import mean_ci95
+    from nlptransfer.meta.episodes import mean_ci95
 
     for row in rows:
         for method in ("finetuned", "prototype"):
@@ -175,29 +174,29 @@ def write(output: Path, args, split: dict, starts: list[dict], rows: list[dict])
             targets[f"{m} at least level with multi-task (5-shot; paired 95% CI reaches 0 or above)"] = (
                 level["diff_points"] + level["ci95_points"] >= 0
             )
-    output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "output")}
-    output.write_text(
-        json.dumps(
-            {
-                "quick": args.quick,
-                "settings": settings,
-                "class_split": split,
-                "targets": targets,
-                "starts": starts,
-                "paired": comparisons,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        output,
+        {
+            "quick": args.quick,
+            "settings": settings,
+            "class_split": split,
+            "targets": targets,
+            "starts": starts,
+            "paired": comparisons,
+            "rows": rows,
+        },
     )
     return {"targets": targets, "paired": comparisons}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 episodes, 20 meta-steps, 2 inner/fine-tuning steps")
+    parser = benchmark_parser(
+        __doc__,
+        quick="10 episodes, 20 meta-steps, 2 inner/fine-tuning steps",
+        workdir="keep trained starts and evaluations here (reused)",
+        cpu_threads="torch threads (default: every core)",
+    )
     parser.add_argument("--episodes", type=int, default=200, help="meta-test episodes per setting")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--n_way", type=int, default=5)
@@ -218,19 +217,16 @@ def main() -> None:
     parser.add_argument("--multitask_steps", type=int, default=None, help="instead of --multitask_epochs")
     parser.add_argument("--multitask_lr", type=float, default=1e-4, help="the fine-tuning recipe's default")
     parser.add_argument("--max_seq_length", type=int, default=64)
-    parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads (default: every core)")
-    parser.add_argument("--workdir", default=None, help="keep trained starts and evaluations here (reused)")
-    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     if args.quick:
         args.episodes, args.meta_steps, args.meta_batch_size = 10, 20, 2
         args.inner_steps, args.finetune_steps, args.multitask_steps = 2, 2, 20
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"fewshot{'_quick' if args.quick else ''}.json")
+    output = results_path(args, "fewshot")
 
     import torch
 
     from nlptransfer import read_file
-    from nlptransfer.episodes import split_classes
+    from nlptransfer.meta.episodes import split_classes
     from nlptransfer.training import cpu_cores
 
     torch.set_num_threads(args.cpu_threads or cpu_cores())
@@ -253,18 +249,18 @@ def main() -> None:
             summary = write(output, args, split, starts, rows)
 
     print(f"\n{args.n_way}-way, {args.query} queries per class, {args.episodes} episodes; mean accuracy ± 95% CI (%)")
-    header = " | ".join(f"{k}-shot fine-tuned | {k}-shot prototype" for k in args.shots)
-    print(f"\n| start | {header} |")
-    print("|---|" + "---|" * (2 * len(args.shots)))
+    header = ["start", *(f"{k}-shot {m}" for k in args.shots for m in ("fine-tuned", "prototype"))]
     by = {(r["start"], r["shot"]): r for r in rows}
-    for start in starts:
-        cells = []
-        for k in args.shots:
-            r = by[start["start"], k]
-            cells += [
-                f"{100 * r[f'{m}_accuracy']:.1f} ± {100 * r[f'{m}_ci95']:.1f}" for m in ("finetuned", "prototype")
-            ]
-        print(f"| {start['start']} | " + " | ".join(cells) + " |")
+    table = [
+        [start["start"]]
+        + [
+            f"{100 * by[start['start'], k][f'{m}_accuracy']:.1f} ± {100 * by[start['start'], k][f'{m}_ci95']:.1f}"
+            for k in args.shots
+            for m in ("finetuned", "prototype")
+        ]
+        for start in starts
+    ]
+    print("\n" + markdown_table(header, table))
     print("\npaired differences, fine-tuned (same episodes), points:")
     for p in summary["paired"]:
         print(f"- {p['a']} - {p['b']}, {p['shot']}-shot: {p['diff_points']:+.1f} ± {p['ci95_points']:.1f}")

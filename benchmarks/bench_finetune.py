@@ -21,37 +21,28 @@ Writes benchmarks/results/finetune[_quick].json after every run, prints a markdo
 benchmarks/results/finetune[_quick].png (test score vs training time, one point per system and task).
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import DATA, ROOT, TASKS, group_rows, mean_std, run_recipe
+from _common import (
+    DATA,
+    ROOT,
+    TASKS,
+    benchmark_parser,
+    group_rows,
+    markdown_table,
+    mean_std,
+    results_path,
+    run_recipe,
+    write_results,
+)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH = 128
-
-
-def peak_flops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 8, rounds: int = 3) -> float:
-    """FLOP/s of the best of `rounds` timings of `repeats` square matmuls of `size` in `dtype_name`."""
-    import torch
-
-    torch.set_num_threads(threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(2):
-        a @ b  # warm-up
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * repeats / best
 
 
 def token_lengths(task: str, limit: int | None) -> list[int]:
@@ -70,17 +61,14 @@ def token_lengths(task: str, limit: int | None) -> list[int]:
 
 
 def train_flops_per_epoch(lengths: list[int]) -> float:
-    """Model FLOPs of one training epoch over real tokens: forward + backward = 3 x forward, with a forward
-    of 2 FLOPs per matmul weight per token plus attention scores and mixing (2 x 2 x length x hidden per token
-    per layer). Embedding lookups and the (tiny) heads are left out."""
+    """MiniLM's model FLOPs of one training epoch over examples of `lengths` real tokens
+    (`nlptransfer.profiling.train_flops`)."""
     from transformers import AutoConfig
 
     from nlptransfer import resolve_model
+    from nlptransfer.profiling import train_flops
 
-    config = AutoConfig.from_pretrained(resolve_model(MODEL))
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    matmul_weights = layers * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
-    return sum(3 * (2 * matmul_weights * n + layers * 4 * n * n * hidden) for n in lengths)
+    return train_flops(lengths, AutoConfig.from_pretrained(resolve_model(MODEL)))
 
 
 def nlptransfer_run(extra: list[str]):
@@ -206,11 +194,15 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256 training examples, 1 epoch, 1 seed")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser = benchmark_parser(
+        __doc__,
+        quick="256 training examples, 1 epoch, 1 seed",
+        tasks=list(TASKS),
+        seeds=[42, 43, 44],
+        workdir="keep every run here and reuse finished ones",
+        output="JSON path (the PNG goes beside it)",
+    )
     parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument(
         "--examples_seeds", nargs="+", type=int, default=None, help="seeds of Trainer (examples) (default: --seeds)"
     )
@@ -220,16 +212,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4, help="nlptransfer's default, chosen on TREC validation")
-    parser.add_argument("--workdir", default=None, help="keep every run here and reuse finished ones")
-    parser.add_argument("--output", default=None, help="JSON path (the PNG goes beside it)")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.seeds = 1, args.seeds[:1]
+    from nlptransfer.profiling import peak_flops
     from nlptransfer.training import cpu_cores
 
     threads = cpu_cores()
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"finetune{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = results_path(args, "finetune")
 
     if args.report_only and output.exists():  # each row's MFU already uses the peak measured with it
         peak = json.loads(output.read_text())["peak_flops"]
@@ -240,10 +230,9 @@ def main() -> None:
 
     rows = []
 
-    def write_results() -> list[dict]:
+    def save() -> list[dict]:
         summary = summarise(rows)
-        document = {"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows}
-        output.write_text(json.dumps(document, indent=2) + "\n")
+        write_results(output, {"quick": args.quick, "peak_flops": peak, "summary": summary, "rows": rows})
         return summary
 
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as scratch:
@@ -287,27 +276,34 @@ def main() -> None:
                         f"MFU {100 * row['mfu']:.1f}% ({row['precision']})",
                         flush=True,
                     )
-                    write_results()  # after every run: a stopped benchmark keeps what finished
+                    save()  # after every run: a stopped benchmark keeps what finished
 
-    summary = write_results()
+    summary = save()
     plot(summary, output.with_suffix(".png"))
     print(f"\npeak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s ({threads} threads)")
-    print(
-        "\n| task | system | test score | train time (s) | vs tuned Trainer | vs examples Trainer | samples/s "
-        "| real tokens/s | peak RSS (MiB) | MFU |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    header = ["task", "system", "test score", "train time (s)", "vs tuned Trainer", "vs examples Trainer"]
+    header += ["samples/s", "real tokens/s", "peak RSS (MiB)", "MFU"]
+    table = []
     for s in summary:
         ratio = {
             b: f"{s[f'time_vs {b}']:.2f}x" if f"time_vs {b}" in s else "-"
             for b in ("Trainer (tuned)", "Trainer (examples)")
         }
-        print(
-            f"| {s['task']} | {s['system']} | {s['score']:.4f} ± {s['score_std']:.4f} | "
-            f"{s['train_runtime_s']:.0f} ± {s['train_runtime_s_std']:.0f} | {ratio['Trainer (tuned)']} | "
-            f"{ratio['Trainer (examples)']} | {s['samples_per_second']:.1f} | {s['real_tokens_per_second']:.0f} | "
-            f"{s['peak_rss_mib']:.0f} | {100 * s['mfu']:.1f}% ({s['precision']}) |"
+        table.append(
+            [
+                s["task"],
+                s["system"],
+                f"{s['score']:.4f} ± {s['score_std']:.4f}",
+                f"{s['train_runtime_s']:.0f} ± {s['train_runtime_s_std']:.0f}",
+                ratio["Trainer (tuned)"],
+                ratio["Trainer (examples)"],
+                f"{s['samples_per_second']:.1f}",
+                f"{s['real_tokens_per_second']:.0f}",
+                f"{s['peak_rss_mib']:.0f}",
+                f"{100 * s['mfu']:.1f}% ({s['precision']})",
+            ]
         )
+    print("\n" + markdown_table(header, table))
     print(f"\nwritten to {output} and {output.with_suffix('.png')}")
 
 

@@ -19,7 +19,6 @@ a negative mean delta is flagged as negative transfer, in bold when it exceeds t
 goes and prints a markdown table per target.
 """
 
-import argparse
 import json
 import random
 import threading
@@ -27,7 +26,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import DATA, ROOT, group_rows, mean_std, run_recipe
+from _common import (
+    DATA,
+    ROOT,
+    benchmark_parser,
+    group_rows,
+    markdown_table,
+    mean_std,
+    results_path,
+    run_recipe,
+    write_results,
+)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 PAIR = ["--task_type", "pair_classification", "--text_column_name", "text_a", "--text_pair_column_name", "text_b"]
@@ -116,14 +125,17 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 source rows, 1 epoch, 1 seed: a smoke run")
+    parser = benchmark_parser(
+        __doc__,
+        quick="64 source rows, 1 epoch, 1 seed: a smoke run",
+        seeds=[42, 43, 44],
+        workdir="keep sources and runs here; finished ones are reused",
+    )
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     parser.add_argument("--source_rows", type=int, default=10000, help="first N training rows of each source")
     parser.add_argument("--source_epochs", type=float, default=3)
     parser.add_argument("--sst2_rows", type=int, default=500)
     parser.add_argument("--data_seed", type=int, default=0)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--sst2_epochs", type=float, default=10, help="the small SST-2 target (500 rows: 160 steps)")
     parser.add_argument("--rte_epochs", type=float, default=3)
     # the two target learning rates were picked on 1,000 held-out SST-2 training rows (not the dev set that
@@ -131,8 +143,6 @@ def main() -> None:
     parser.add_argument("--head_lr", type=float, default=3e-2, help="systems that train only a head (+ mix)")
     parser.add_argument("--target_lora_lr", type=float, default=5e-4, help="the no-source LoRA on the target")
     parser.add_argument("--lora_lr", type=float, default=2e-3, help="the source adapters")
-    parser.add_argument("--workdir", default=None, help="keep sources and runs here; finished ones are reused")
-    parser.add_argument("--output", default=None)
     parser.add_argument("--jobs", type=int, default=1, help="recipe runs at once (on a GPU; 1 for CPU timings)")
     args = parser.parse_args()
     if args.quick:
@@ -145,15 +155,14 @@ def main() -> None:
         )
         args.sst2_rows = min(args.sst2_rows, 64)
     workdir = Path(args.workdir or ROOT / "runs" / f"bench_fusion{'_quick' if args.quick else ''}")
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"fusion{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = results_path(args, "fusion")
 
     folders = train_sources(args, workdir)
     rows = []
 
-    def write_results() -> list[dict]:
+    def save() -> list[dict]:
         summary = summarise(rows)
-        output.write_text(json.dumps({"settings": vars(args), "summary": summary, "rows": rows}, indent=2) + "\n")
+        write_results(output, {"settings": vars(args), "summary": summary, "rows": rows})
         return summary
 
     lock = threading.Lock()
@@ -181,7 +190,7 @@ def main() -> None:
             print(f"  {target} / {system} / seed {seed}: accuracy {row['accuracy']:.4f}", flush=True)
         with lock:
             rows.append(row)
-            write_results()  # after every run: a stopped benchmark keeps what finished
+            save()  # after every run: a stopped benchmark keeps what finished
 
     work = [
         (target, seed, system, [*flags, *extra])
@@ -195,19 +204,22 @@ def main() -> None:
             future.result()  # a failed run raises here
     rows.sort(key=lambda row: order[row["target"], row["seed"], row["system"]])
 
-    summary = write_results()
+    summary = save()
     for target in dict.fromkeys(entry["target"] for entry in summary):
         print(f"\n{target}: accuracy on the target's test/dev set, mean ± std over seeds {args.seeds}")
-        print("| system | accuracy | delta vs head only (points) | negative transfer |\n|---|---|---|---|")
-        for s in (s for s in summary if s["target"] == target):
-            flag = (
+        table = [
+            [s["system"], f"{s['accuracy']:.4f} ± {s['std']:.4f}", f"{s['delta_points']:+.1f}"]
+            + [
                 "**yes**"
                 if s["negative_transfer_beyond_noise"]
                 else "yes, within noise"
                 if s["negative_transfer"]
                 else ""
-            )
-            print(f"| {s['system']} | {s['accuracy']:.4f} ± {s['std']:.4f} | {s['delta_points']:+.1f} | {flag} |")
+            ]
+            for s in summary
+            if s["target"] == target
+        ]
+        print(markdown_table(["system", "accuracy", "delta vs head only (points)", "negative transfer"], table))
     print(f"\nwritten to {output}")
 
 

@@ -9,12 +9,10 @@ epochs (adapters want more of both), chosen on CoNLL-2003 validation (eng.testa)
 Writes benchmarks/results/lora[_quick].json and prints a markdown table.
 """
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, TASKS, run_recipe
+from _common import TASKS, benchmark_parser, markdown_table, results_path, run_recipe, write_results
 
 
 def run_system(task_args: list[str], system_args: list[str], output_dir: Path) -> dict:
@@ -27,17 +25,13 @@ def run_system(task_args: list[str], system_args: list[str], output_dir: Path) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 training examples, 1 epoch")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser = benchmark_parser(__doc__, quick="500 training examples, 1 epoch", tasks=list(TASKS), seed=42)
     parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--full_lr", type=float, default=1e-4)
     parser.add_argument("--lora_lr", type=float, default=2e-3)
     parser.add_argument("--lora_r", type=int, default=4)
     parser.add_argument("--lora_target_modules", nargs="*", default=[], help="default: per architecture")
     parser.add_argument("--lora_epochs", type=float, default=6, help="LoRA epochs (adapters learn slower)")
-    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     common = ["--seed", str(args.seed), "--num_train_epochs", "1" if args.quick else str(args.epochs)]
     if args.quick:
@@ -73,18 +67,23 @@ def main() -> None:
     for task in args.tasks:
         full, lora = (r for r in rows if r["task"] == task)
         lora["delta_vs_full_points"] = 100 * (lora["score"] - full["score"])
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"lora{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2) + "\n")
-    print("\n| task | system | test score | Δ vs full (points) | trainable | saved weights | train time | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        delta = f"{r['delta_vs_full_points']:+.2f}" if "delta_vs_full_points" in r else "-"
-        print(
-            f"| {r['task']} | {r['system']} | {r['metric']} {r['score']:.4f} | {delta} | "
-            f"{r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%) | {r['saved_weights_mib']:.1f} MiB | "
-            f"{r['train_runtime_s']:.0f} s | {r['peak_rss_mib']:.0f} MiB |"
-        )
+    output = results_path(args, "lora")
+    write_results(output, {"quick": args.quick, "rows": rows})
+    header = ["task", "system", "test score", "Δ vs full (points)", "trainable", "saved weights", "train time"]
+    table = [
+        [
+            r["task"],
+            r["system"],
+            f"{r['metric']} {r['score']:.4f}",
+            f"{r['delta_vs_full_points']:+.2f}" if "delta_vs_full_points" in r else "-",
+            f"{r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%)",
+            f"{r['saved_weights_mib']:.1f} MiB",
+            f"{r['train_runtime_s']:.0f} s",
+            f"{r['peak_rss_mib']:.0f} MiB",
+        ]
+        for r in rows
+    ]
+    print("\n" + markdown_table([*header, "peak RSS"], table))
     print(f"\nwritten to {output}")
 
 

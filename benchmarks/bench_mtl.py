@@ -21,11 +21,9 @@ only this; it must be given the config its runs were trained with). Writes bench
 prints a markdown table.
 """
 
-import argparse
 import json
 import shlex
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +32,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import ROOT, mean_std, run_recipe
+from nlptransfer import TASK_KINDS, MultiTaskArguments, MultiTaskModel
+from nlptransfer.readers import read_file
+from nlptransfer.training import cpu_cores
 
-sys.path.insert(0, str(ROOT))
-from nlptransfer import TASK_KINDS, MultiTaskArguments, MultiTaskModel  # noqa: E402
-from nlptransfer.readers import read_file  # noqa: E402
-from nlptransfer.training import cpu_cores  # noqa: E402
+from _common import ROOT, benchmark_parser, markdown_table, mean_std, results_path, run_recipe, write_results
 
 DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "trec_sst2_conll.yaml"
 
@@ -114,11 +111,15 @@ def paired_throughput(multi, singles, texts: list[str], repeats: int) -> tuple[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 examples per task, 1 epoch")
+    parser = benchmark_parser(
+        __doc__,
+        quick="300 examples per task, 1 epoch",
+        seeds=[42],
+        seeds_help="one multi-task run (+ singles) per seed",
+        workdir="keep the runs here; a finished seed is not trained again",
+        cpu_threads="torch threads of the serving measurement (default: every core)",
+    )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="one multi-task run (+ singles) per seed")
-    parser.add_argument("--workdir", default=None, help="keep the runs here; a finished seed is not trained again")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (on a GPU; 1 for CPU timings)")
     parser.add_argument(
         "--recipe_args",
@@ -141,10 +142,6 @@ def main() -> None:
     )
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5, help="serving rounds (each times both systems)")
-    parser.add_argument("--output", default=None)
-    parser.add_argument(
-        "--cpu_threads", type=int, default=None, help="torch threads of the serving measurement (default: every core)"
-    )
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
@@ -294,8 +291,7 @@ def main() -> None:
         "parameters <= 0.4x three models": summary["parameter_ratio"] <= 0.4,
         "serving >= 2.5x three models": summary["serving_speedup"] >= 2.5,
     }
-    output = Path(args.output or ROOT / "benchmarks" / "results" / f"mtl{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = results_path(args, "mtl")
     summary["validation_average_delta_points"] = statistics.mean(r["validation_delta_points"] for r in rows)
     record = {
         "quick": args.quick,
@@ -307,7 +303,7 @@ def main() -> None:
         "rows": rows,
         "summary": summary,
     }
-    output.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(output, record)
 
     kind = (
         f"born-again multi-task (single-task teachers: {', '.join(taught)})" if born_again is not None else "multi-task"
@@ -315,33 +311,30 @@ def main() -> None:
     print(
         f"\nseeds {args.seeds}: {kind}; means (Δ: mean ± std of the per-seed difference; average: ± its standard error)"
     )
-    print("| task | metric | multi-task | single-task (same updates) | Δ (points) | Δ validation |")
-    print("|---|---|---|---|---|---|")
+    table = []
     for r in rows:
         flag = " negative transfer" if r["delta_points"] < 0 else ""
         spread = f" ± {r['delta_std_points']:.2f}" if len(args.seeds) > 1 else ""
-        print(
-            f"| {r['task']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} | "
-            f"{r['delta_points']:+.2f}{spread}{flag} | {r['validation_delta_points']:+.2f} |"
+        table.append(
+            [r["task"], r["metric"], f"{r['multi_task']:.4f}", f"{r['single_task']:.4f}"]
+            + [f"{r['delta_points']:+.2f}{spread}{flag}", f"{r['validation_delta_points']:+.2f}"]
         )
     average_spread = f" ± {summary['average_delta_stderr_points']:.2f}" if len(args.seeds) > 1 else ""
-    print(
-        f"| **average** | | {summary['multi_task_average']:.4f} | {summary['single_task_average']:.4f} | "
-        f"{average_delta:+.2f}{average_spread} | "
-        f"{summary['validation_average_delta_points']:+.2f} |"
+    table.append(
+        ["**average**", "", f"{summary['multi_task_average']:.4f}", f"{summary['single_task_average']:.4f}"]
+        + [f"{average_delta:+.2f}{average_spread}", f"{summary['validation_average_delta_points']:+.2f}"]
     )
-    print("\n| | multi-task (1 model) | single-task (3 models) | ratio |")
-    print("|---|---|---|---|")
-    print(
-        f"| parameters | {summary['multi_task_parameters']:,} | {summary['single_task_parameters']:,} | {summary['parameter_ratio']:.2f}x |"
-    )
-    print(
-        f"| training time | {summary['multi_task_train_s']:.0f} s | {summary['single_task_train_s']:.0f} s | "
-        f"{summary['multi_task_train_s'] / summary['single_task_train_s']:.2f}x |"
-    )
-    print(
-        f"| serving, texts/s ({len(texts)} texts, all 3 tasks) | {multi_tps:.1f} | {singles_tps:.1f} | {summary['serving_speedup']:.2f}x (median of {args.repeats} paired rounds) |"
-    )
+    header = ["task", "metric", "multi-task", "single-task (same updates)", "Δ (points)", "Δ validation"]
+    print(markdown_table(header, table))
+    costs = [
+        ["parameters", f"{summary['multi_task_parameters']:,}", f"{summary['single_task_parameters']:,}"]
+        + [f"{summary['parameter_ratio']:.2f}x"],
+        ["training time", f"{summary['multi_task_train_s']:.0f} s", f"{summary['single_task_train_s']:.0f} s"]
+        + [f"{summary['multi_task_train_s'] / summary['single_task_train_s']:.2f}x"],
+        [f"serving, texts/s ({len(texts)} texts, all 3 tasks)", f"{multi_tps:.1f}", f"{singles_tps:.1f}"]
+        + [f"{summary['serving_speedup']:.2f}x (median of {args.repeats} paired rounds)"],
+    ]
+    print("\n" + markdown_table(["", "multi-task (1 model)", "single-task (3 models)", "ratio"], costs))
     print("\n" + "\n".join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in summary["targets"].items()))
     print(f"\nwritten to {output}")
 

@@ -13,12 +13,9 @@ Writes benchmarks/results/step.json and prints a markdown table.
 
 import argparse
 import contextlib
-import json
 import time
-from pathlib import Path
 
 import torch
-from bench_finetune import MAX_SEQ_LENGTH, MODEL, peak_flops, train_flops_per_epoch
 
 from nlptransfer import (
     DataArguments,
@@ -33,9 +30,11 @@ from nlptransfer import (
     parse_args,
     train_dataloader,
 )
+from nlptransfer.profiling import peak_flops
 from nlptransfer.training import build_optimizer, cpu_cores
 
-from _common import ROOT, TASKS
+from _common import TASKS, benchmark_parser, markdown_table, results_path, write_results
+from bench_finetune import MAX_SEQ_LENGTH, MODEL, train_flops_per_epoch
 
 
 def untouched(model, optimizer_kwargs):
@@ -129,15 +128,15 @@ def step(model, optimizer, autocast, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def step_arguments(parser: argparse.ArgumentParser, settings: list[str], steps: int, output: str) -> None:
+def step_parser(doc: str, settings: list[str], steps: int) -> argparse.ArgumentParser:
     """The flags bench_step.py and profile_step.py share."""
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser = benchmark_parser(doc, tasks=list(TASKS))
     parser.add_argument("--settings", nargs="+", default=settings, choices=list(SETTINGS))
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / output))
+    return parser
 
 
 def threads_and_peaks(requested: int | None) -> tuple[int, dict[str, float]]:
@@ -149,10 +148,10 @@ def threads_and_peaks(requested: int | None) -> tuple[int, dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    step_arguments(parser, list(SETTINGS), 30, "step.json")
+    parser = step_parser(__doc__, list(SETTINGS), 30)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    output = results_path(args, "step")
     threads, peak = threads_and_peaks(args.threads)
     rows = []
     for task in args.tasks:
@@ -185,16 +184,15 @@ def main() -> None:
                 }
             )
         del built
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"peak_flops": peak, "threads": threads, "rows": rows}, indent=2) + "\n")
+    write_results(output, {"peak_flops": peak, "threads": threads, "rows": rows})
     print(f"peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s ({threads} threads)")
-    print("\n| task | setting | ms/step | real tokens/s | MFU |\n|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['task']} | {r['setting']} | {r['ms_per_step']:.0f} | {r['real_tokens_per_second']:.0f} "
-            f"| {100 * r['mfu']:.1f}% ({r['precision']}) |"
-        )
-    print(f"\nwritten to {args.output}")
+    table = [
+        [r["task"], r["setting"], f"{r['ms_per_step']:.0f}", f"{r['real_tokens_per_second']:.0f}"]
+        + [f"{100 * r['mfu']:.1f}% ({r['precision']})"]
+        for r in rows
+    ]
+    print("\n" + markdown_table(["task", "setting", "ms/step", "real tokens/s", "MFU"], table))
+    print(f"\nwritten to {output}")
 
 
 if __name__ == "__main__":

@@ -14,20 +14,16 @@ score and the fine-tuned test score says how well the score ranks the candidates
 Writes benchmarks/results/transferability[_quick].json and prints markdown tables.
 """
 
-import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from _common import DATA, ROOT, run_recipe
+from nlptransfer.config import DataArguments
+from nlptransfer.transferability import Candidate, kendall_tau_b, score_candidates
 
-sys.path.insert(0, str(ROOT))
-from nlptransfer.config import DataArguments  # noqa: E402
-from nlptransfer.transferability import Candidate, kendall_tau_b, score_candidates  # noqa: E402
+from _common import DATA, benchmark_parser, markdown_table, results_path, run_recipe, write_results
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CANDIDATES = [
@@ -74,9 +70,12 @@ def fine_tune(folder: Path, task: dict, train_args: list[str], output_dir: Path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 examples to score and train on, 1 epoch, 300 test")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser = benchmark_parser(
+        __doc__,
+        quick="300 examples to score and train on, 1 epoch, 300 test",
+        tasks=list(TASKS),
+        cpu_threads="torch threads, scoring and fine-tuning",
+    )
     parser.add_argument("--candidates", nargs="+", default=CANDIDATES, help="MODEL[:layers=K][,random][,seed=S]")
     parser.add_argument("--score_examples", type=int, default=2000, help="training examples the scores see")
     parser.add_argument("--max_train_samples", type=int, default=2000, help="fine-tuning examples (the budget)")
@@ -84,8 +83,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--cpu_threads", type=int, default=None, help="torch threads, scoring and fine-tuning")
-    parser.add_argument("--output", default=None)
     args = parser.parse_args()
     if args.quick:
         args.score_examples, args.max_train_samples, args.max_test_samples, args.epochs = 300, 300, 300, 1
@@ -141,26 +138,23 @@ def main() -> None:
             )
 
     settings = {**vars(args), "train_args": train_args}
-    output = Path(
-        args.output or ROOT / "benchmarks" / "results" / f"transferability{'_quick' if args.quick else ''}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = results_path(args, "transferability")
     report = {"quick": args.quick, "settings": settings, "skipped": skipped, "rows": rows, "correlations": correlations}
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(output, report)
 
-    print("\n| task | candidate | LogME | H-score | scoring time | fine-tuned test | fine-tuning time |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['task']} | {r['candidate']} | {r['logme']:.4f} | {r['hscore']:.3f} | {r['score_seconds']:.1f} s | "
-            f"{r['metric']} {r['fine_tuned_test']:.4f} | {r['fine_tune_seconds']:.0f} s |"
-        )
-    print("\n| task | candidates | Kendall τ_b, LogME vs fine-tuned | Kendall τ_b, H-score vs fine-tuned |")
-    print("|---|---|---|---|")
-    for c in correlations:
-        print(
-            f"| {c['task']} | {c['candidates']} | {c['kendall_tau_b_logme']:+.3f} | {c['kendall_tau_b_hscore']:+.3f} |"
-        )
+    table = [
+        [r["task"], r["candidate"], f"{r['logme']:.4f}", f"{r['hscore']:.3f}", f"{r['score_seconds']:.1f} s"]
+        + [f"{r['metric']} {r['fine_tuned_test']:.4f}", f"{r['fine_tune_seconds']:.0f} s"]
+        for r in rows
+    ]
+    header = ["task", "candidate", "LogME", "H-score", "scoring time", "fine-tuned test", "fine-tuning time"]
+    print("\n" + markdown_table(header, table))
+    table = [
+        [c["task"], c["candidates"], f"{c['kendall_tau_b_logme']:+.3f}", f"{c['kendall_tau_b_hscore']:+.3f}"]
+        for c in correlations
+    ]
+    header = ["task", "candidates", "Kendall τ_b, LogME vs fine-tuned", "Kendall τ_b, H-score vs fine-tuned"]
+    print("\n" + markdown_table(header, table))
     for s in skipped:
         print(f"\nskipped {s['candidate']}: {s['reason']}")
     print(f"\nscores on the first {args.score_examples} training examples; written to {output}")

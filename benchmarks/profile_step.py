@@ -12,18 +12,18 @@ MiniLM's small matrices. Peak RSS of the same steps comes from a fresh process p
 Writes benchmarks/results/step_profile.json and prints markdown tables.
 """
 
-import argparse
-import json
 import multiprocessing
 import time
 from pathlib import Path
 
 import torch
-from bench_finetune import train_flops_per_epoch
-from bench_step import build, precision_of, step, step_arguments, threads_and_peaks
 from torch.profiler import ProfilerActivity, profile
 
-from _common import status_mib
+from nlptransfer.profiling import matmul_shapes, shape_flops
+
+from _common import markdown_table, results_path, status_mib, write_results
+from bench_finetune import train_flops_per_epoch
+from bench_step import build, precision_of, step, step_parser, threads_and_peaks
 
 # operator name -> kind (the first matching prefix wins); anything else is "other"
 KINDS = {
@@ -89,32 +89,9 @@ def steps_peak_rss(task: str, setting: str, batch_size: int, steps: int, threads
     return result
 
 
-def matmul_shapes(config, tokens: int) -> list[tuple[int, int, int, int]]:
-    """(m, k, n, count per layer) of the encoder's forward matmuls for a batch of `tokens` tokens."""
-    hidden, inter = config.hidden_size, config.intermediate_size
-    return [(tokens, hidden, hidden, 4), (tokens, hidden, inter, 1), (tokens, inter, hidden, 1)]
-
-
-def shape_flops(shapes, dtype, repeats: int = 20) -> float:
-    """FLOP/s of the given matmul shapes timed alone (weights and inputs fresh, best of 3 rounds)."""
-    mats = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), c) for m, k, n, c in shapes]
-    for a, b, _ in mats:
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            for a, b, count in mats:
-                for _ in range(count):
-                    a @ b
-        best = min(best, time.perf_counter() - start)
-    return repeats * sum(2 * m * k * n * c for m, k, n, c in shapes) / best
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    step_arguments(parser, ["bf16+fused_adamw"], 20, "step_profile.json")
-    args = parser.parse_args()
+    args = step_parser(__doc__, ["bf16+fused_adamw"], 20).parse_args()
+    output = results_path(args, "step_profile")
     threads, peak = threads_and_peaks(args.threads)
     rows = []
     for task in args.tasks:
@@ -156,8 +133,7 @@ def main() -> None:
             del model, optimizer, batches
             before, after = steps_peak_rss(task, setting, args.batch_size, args.warmup + args.steps, threads)
             rows[-1] |= {"rss_mib_before_steps": before, "peak_rss_mib_during_steps": after}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"peak_flops": peak, "threads": threads, "rows": rows}, indent=2) + "\n")
+    write_results(output, {"peak_flops": peak, "threads": threads, "rows": rows})
 
     print(f"peak (2048² matmul): fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     for r in rows:
@@ -171,10 +147,11 @@ def main() -> None:
             f"matmuls in the step: {in_step / 1e9:.0f} GFLOP/s ({100 * in_step / p:.0f}% of peak); the encoder's matmul "
             f"shapes ({r['padded_tokens_per_batch']} tokens/batch) alone: {alone / 1e9:.0f} GFLOP/s ({100 * alone / p:.0f}%)"
         )
-        print("| kind | share | ms/step |\n|---|---|---|")
-        for kind, share in r["share"].items():
-            print(f"| {kind} | {100 * share:.1f}% | {r['ms_per_step_by_kind'][kind]:.1f} |")
-    print(f"\nwritten to {args.output}")
+        table = [
+            [kind, f"{100 * share:.1f}%", f"{r['ms_per_step_by_kind'][kind]:.1f}"] for kind, share in r["share"].items()
+        ]
+        print(markdown_table(["kind", "share", "ms/step"], table))
+    print(f"\nwritten to {output}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ It imports nothing from `nlptransfer` except `resolve_model`, which maps the mod
 Results go to benchmarks/results/trainer_<task>_<padding>.json unless --output_json says otherwise.
 """
 
-import argparse
-import json
 import os
 import resource
 import tempfile
@@ -39,14 +37,15 @@ from transformers import (
 
 from nlptransfer.resolve import resolve_model
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+from _common import benchmark_parser, write_results
+
+parser = benchmark_parser(__doc__, seed=42, output=None)  # it writes --output_json
 parser.add_argument("--task", choices=["trec", "conll"], required=True)
 parser.add_argument("--model_name_or_path", default="sentence-transformers/all-MiniLM-L6-v2")
 parser.add_argument("--data_dir", default=os.environ.get("NLPTRANSFER_DATA", "../shared/data"))
 parser.add_argument("--epochs", type=float, default=3)
 parser.add_argument("--batch_size", type=int, default=32)
 parser.add_argument("--learning_rate", type=float, default=5e-5)
-parser.add_argument("--seed", type=int, default=42)
 parser.add_argument("--max_seq_length", type=int, default=128)
 parser.add_argument(
     "--padding", choices=["max_length", "dynamic"], default=None, help="trec: max_length, conll: dynamic"
@@ -200,8 +199,7 @@ result = {
     "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     "config": {**vars(args), "resolved_model": model_path, "num_labels": len(label_list)},
 }
-Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
+write_results(Path(args.output_json), result)
 print(
     f"[{args.task}/{args.padding}{'/grouped' if args.group_by_length else ''}] test: "
     + ", ".join(f"{k}={v:.4f}" for k, v in result["test_metrics"].items() if k in ("accuracy", "macro_f1", "f1"))

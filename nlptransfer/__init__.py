@@ -1,6 +1,6 @@
 """nlptransfer: adapt pretrained encoders to new NLP tasks."""
 
-from nlptransfer.adapters import LoraArgs, apply_adapter, encoder_adapter_config, head_modules, merge_adapter
+from nlptransfer.adapters import AdapterArguments, apply_adapter, encoder_adapter_config, head_modules, merge_adapter
 from nlptransfer.batching import (
     EpochSampler,
     MultiTaskCollator,
@@ -10,10 +10,10 @@ from nlptransfer.batching import (
     with_task,
 )
 from nlptransfer.config import (
-    ConfigError,
     DataArguments,
     ModelArguments,
     MultiTaskArguments,
+    RunArguments,
     TaskArguments,
     TrainArguments,
     TransferArguments,
@@ -21,18 +21,28 @@ from nlptransfer.config import (
     save_config,
 )
 from nlptransfer.data import carve_validation, encode_splits, load_splits
-from nlptransfer.distill import DistillArguments, load_teacher, student_from_teacher
-from nlptransfer.distill_losses import kd_loss
-from nlptransfer.distill_model import DistillationModel
-from nlptransfer.evaluation import evaluate, predict_logits, prefixed
+from nlptransfer.distill import DistillArguments, DistillationModel, kd_loss, load_teacher, student_from_teacher
+from nlptransfer.errors import (
+    CheckpointNotFoundError,
+    ConfigError,
+    DataError,
+    NlptransferError,
+    OutputDirError,
+    PushError,
+    RunFolderError,
+    run_main,
+)
+from nlptransfer.evaluation import evaluate, evaluate_tasks, predict_logits, prefixed
 from nlptransfer.fusion import FusionArguments, apply_fusion, fold_fusion
 from nlptransfer.heads import HEADS
+from nlptransfer.lifecycle import EvalSet, Fitted, finish_run, fit, multitask_eval_sets, task_eval_sets
 from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.metrics import classification_metrics, ner_metrics
-from nlptransfer.modeling import count_parameters, load_adapter_model, load_model_for_task, load_tokenizer, save_run
+from nlptransfer.modeling import count_parameters, load_adapter_model, load_model_for_task, load_tokenizer
 from nlptransfer.multitask import MultiTaskModel, MultiTaskOutput
-from nlptransfer.readers import DataError, Records, read_file
-from nlptransfer.resolve import ModelNotFoundError, register_installed_model, resolve_model
+from nlptransfer.readers import Records, read_file
+from nlptransfer.resolve import register_installed_model, resolve_model
+from nlptransfer.runs import run_kind, save_run
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 from nlptransfer.training import (
     Trainer,
@@ -49,6 +59,8 @@ from nlptransfer.training import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterArguments",
+    "CheckpointNotFoundError",
     "ConfigError",
     "DataArguments",
     "DataError",
@@ -56,18 +68,23 @@ __all__ = [
     "DistillationModel",
     "Encoded",
     "EpochSampler",
+    "EvalSet",
+    "Fitted",
     "FusionArguments",
     "HEADS",
     "LOSS_WEIGHTINGS",
-    "LoraArgs",
     "ModelArguments",
-    "ModelNotFoundError",
     "MultiTaskArguments",
     "MultiTaskCollator",
     "MultiTaskModel",
     "MultiTaskOutput",
+    "NlptransferError",
+    "OutputDirError",
     "PaddingCollator",
+    "PushError",
     "Records",
+    "RunArguments",
+    "RunFolderError",
     "TASK_KINDS",
     "TaskArguments",
     "TaskSpec",
@@ -87,6 +104,9 @@ __all__ = [
     "encoder_adapter_config",
     "eval_dataloader",
     "evaluate",
+    "evaluate_tasks",
+    "finish_run",
+    "fit",
     "fold_fusion",
     "head_modules",
     "kd_loss",
@@ -96,6 +116,7 @@ __all__ = [
     "load_teacher",
     "load_tokenizer",
     "merge_adapter",
+    "multitask_eval_sets",
     "ner_metrics",
     "parameters_in_sync",
     "parse_args",
@@ -104,11 +125,14 @@ __all__ = [
     "read_file",
     "register_installed_model",
     "resolve_model",
+    "run_kind",
+    "run_main",
     "save_config",
     "save_run",
     "set_cpu_threads",
     "start_run",
     "student_from_teacher",
+    "task_eval_sets",
     "total_steps",
     "train_dataloader",
     "with_task",

@@ -16,7 +16,7 @@ import torch
 import yaml
 from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 
-from nlptransfer.config import ConfigError
+from nlptransfer.errors import ConfigError
 
 # every linear layer of attention and feed-forward, per architecture. On CoNLL-2003 (MiniLM, 3 epochs,
 # lr 1e-3, eng.testa F1): attention-only r=8 (0.65% trainable) 0.849, all-linear r=4 (0.74%) 0.877
@@ -46,7 +46,10 @@ PEFT_TASK_TYPES = {
 
 
 @dataclass
-class LoraArgs:
+class AdapterArguments:
+    """Parameter-efficient fine-tuning with any peft method: LoRA/DoRA and IA3 by flags, any other method
+    (prefix tuning, LoHa, ...) through --peft_config_file. Without --peft the whole model trains."""
+
     peft: str | None = field(
         default=None, metadata={"help": "Adapter method: lora or ia3 (default: full fine-tuning)."}
     )
@@ -79,7 +82,7 @@ def head_modules(model: torch.nn.Module) -> list[str]:
     return [name for name, child in model.named_children() if name != base and any(True for _ in child.parameters())]
 
 
-def _lora_config(args: LoraArgs, model: torch.nn.Module, task_type: TaskType) -> LoraConfig:
+def _lora_config(args: AdapterArguments, model: torch.nn.Module, task_type: TaskType) -> LoraConfig:
     model_type = getattr(model.config, "model_type", "")
     targets = args.lora_target_modules or LORA_TARGET_MODULES.get(model_type)
     if not targets:
@@ -98,7 +101,7 @@ def _lora_config(args: LoraArgs, model: torch.nn.Module, task_type: TaskType) ->
     )
 
 
-def _ia3_config(args: LoraArgs, model: torch.nn.Module, task_type: TaskType) -> IA3Config:
+def _ia3_config(args: AdapterArguments, model: torch.nn.Module, task_type: TaskType) -> IA3Config:
     # peft knows IA3 targets for common architectures; explicit targets win
     targets = args.lora_target_modules or None
     return IA3Config(
@@ -109,7 +112,7 @@ def _ia3_config(args: LoraArgs, model: torch.nn.Module, task_type: TaskType) -> 
     )
 
 
-PEFT_METHODS: dict[str, Callable[[LoraArgs, torch.nn.Module, TaskType], PeftConfig]] = {
+PEFT_METHODS: dict[str, Callable[[AdapterArguments, torch.nn.Module, TaskType], PeftConfig]] = {
     "lora": _lora_config,
     "ia3": _ia3_config,
 }
@@ -131,7 +134,7 @@ def config_from_file(path: str, model: torch.nn.Module, task_type: TaskType) -> 
         raise ConfigError(f"--peft_config_file {path}: {err}") from err
 
 
-def apply_adapter(model: torch.nn.Module, args: LoraArgs, task_kind: str, base_model: str) -> PeftModel:
+def apply_adapter(model: torch.nn.Module, args: AdapterArguments, task_kind: str, base_model: str) -> PeftModel:
     """Wrap `model` with the configured adapter; only adapter weights and the head stay trainable.
 
     `base_model` is the id the user gave (e.g. a Hub id), recorded in adapter_config.json instead
@@ -147,7 +150,7 @@ def apply_adapter(model: torch.nn.Module, args: LoraArgs, task_kind: str, base_m
     return peft_model
 
 
-def encoder_adapter_config(args: LoraArgs, encoder: torch.nn.Module) -> PeftConfig:
+def encoder_adapter_config(args: AdapterArguments, encoder: torch.nn.Module) -> PeftConfig:
     """The configured adapter for a bare encoder (the multi-task model's heads live outside it)."""
     if args.peft_config_file:
         config = config_from_file(args.peft_config_file, encoder, TaskType.FEATURE_EXTRACTION)
@@ -163,3 +166,6 @@ def merge_adapter(model: PeftModel) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).merge_and_unload()
+
+
+LoraArgs = AdapterArguments  # the name before it covered every peft method; kept so old imports work

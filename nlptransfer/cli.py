@@ -8,6 +8,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from nlptransfer.errors import (
+    ConfigError,
+    NlptransferError,
+    RunFolderError,
+    debug_requested,
+    report_user_error,
+    without_debug_flag,
+)
+
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the Hub ids that resolve to an installed package, and where they are."""
@@ -23,22 +32,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Run a saved run's model on texts (arguments or stdin lines) and print one JSON line each."""
     from transformers import AutoConfig, pipeline
 
-    from nlptransfer.multitask import CONFIG_FILE, MultiTaskModel
-    from nlptransfer.resolve import resolve_model
+    from nlptransfer.multitask import MultiTaskModel
+    from nlptransfer.resolve import load_error, resolve_model
+    from nlptransfer.runs import MULTITASK_FILE, run_kind
 
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if (Path(args.model) / CONFIG_FILE).is_file():  # a multi-task run: every task (or --tasks) per text
+    def texts() -> list[str]:  # read after the model loads: a bad folder is reported before stdin is waited on
+        return args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+    kind = run_kind(args.model)
+    if kind == "multitask":  # a multi-task run: every task (or --tasks) per text
         multi = MultiTaskModel.from_pretrained(args.model).to(args.device)
-        for text, prediction in zip(texts, multi.predict(texts, tasks=args.tasks)):
+        lines = texts()
+        for text, prediction in zip(lines, multi.predict(lines, tasks=args.tasks)):
             print(json.dumps({"text": text, "prediction": prediction}))
         return 0
+    if Path(args.model).is_dir() and kind not in ("model", "adapter"):
+        raise RunFolderError(
+            f"{args.model}: not a run folder (no config.json, adapter_config.json or {MULTITASK_FILE})"
+        )
     model = resolve_model(args.model)
-    architectures = AutoConfig.from_pretrained(model).architectures or []
+    try:
+        architectures = AutoConfig.from_pretrained(model).architectures or []
+    except OSError as err:
+        raise load_error(args.model, err) from err
     is_tagger = any(name.endswith("ForTokenClassification") for name in architectures)
     task = "token-classification" if is_tagger else "text-classification"
     options = {"aggregation_strategy": "first"} if is_tagger else {}
     runner = pipeline(task, model=model, device=args.device, **options)
-    for text, prediction in zip(texts, runner(texts)):
+    lines = texts()
+    for text, prediction in zip(lines, runner(lines)):
         if is_tagger:
             prediction = [{**item, "score": float(item["score"])} for item in prediction]
         print(json.dumps({"text": text, "prediction": prediction}))
@@ -47,27 +69,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push a run folder (adapter or model, tokenizer, results) with a generated model card."""
-    from nlptransfer.hub import PushError, push_run
+    from nlptransfer.hub import push_run
 
-    try:
-        url = push_run(args.run_dir, args.repo_id, private=args.private, merged=args.merged)
-    except (PushError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    url = push_run(args.run_dir, args.repo_id, private=args.private, merged=args.merged)
     print(f"pushed {args.run_dir} to {url}")
     return 0
 
 
 def cmd_rank_models(args: argparse.Namespace) -> int:
     """Rank candidate encoders for a task by a transferability score (LogME, H-score), no fine-tuning."""
-    from nlptransfer.config import ConfigError, DataArguments
-    from nlptransfer.readers import DataError
-    from nlptransfer.resolve import ModelNotFoundError
+    from nlptransfer.config import DataArguments
     from nlptransfer.transferability import TRANSFERABILITY_SCORES, Candidate, rank_models
 
-    def fail(message: str) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    def fail(message: str) -> int:  # the run_main format: one line, exit status 2
+        raise ConfigError(message)
 
     if args.score not in TRANSFERABILITY_SCORES:
         return fail(f"--score {args.score!r} is not known; choose one of {', '.join(TRANSFERABILITY_SCORES)}")
@@ -75,7 +90,7 @@ def cmd_rank_models(args: argparse.Namespace) -> int:
         return fail(f"--train_file {args.train_file}: no such file")
     if args.max_examples is not None and args.max_examples < 2:
         return fail(f"--max_examples must be at least 2, got {args.max_examples}")
-    try:
+    try:  # a ValueError of a candidate's option is the user's too
         candidates = [Candidate.parse(name) for name in args.models]
         data_args = DataArguments(
             task_type=args.task_type,
@@ -88,7 +103,9 @@ def cmd_rank_models(args: argparse.Namespace) -> int:
             max_seq_length=args.max_seq_length,
         )
         ranking = rank_models(candidates, data_args, args.score, args.max_examples, args.batch_size)
-    except (ConfigError, DataError, ModelNotFoundError, ValueError) as err:
+    except ValueError as err:
+        if isinstance(err, NlptransferError):
+            raise
         return fail(str(err))
     width = max(len("model"), *(len(r.candidate) for r in ranking))
     print(f"{'rank':>4}  {'model':<{width}}  {args.score:>10}  {'seconds':>8}")
@@ -164,8 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user-facing error is one `error: ...` line and exit status 2 (--debug: traceback)."""
+    debug = debug_requested(argv)
+    argv = without_debug_flag(argv)
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command][0](args)
+    try:
+        return COMMANDS[args.command][0](args)
+    except NlptransferError as err:
+        return report_user_error(err, debug)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from nlptransfer.errors import ConfigError
+from nlptransfer.losses import LOSS_WEIGHTINGS
+from nlptransfer.sampling import build_task_sampler
+from nlptransfer.tasks import TASK_KINDS, TaskSpec
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range."""
 
 
 @dataclass
@@ -85,8 +86,6 @@ class DataArguments:
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples."})
 
     def __post_init__(self):
-        from nlptransfer.tasks import TASK_KINDS, TaskSpec
-
         if self.task_type not in TASK_KINDS:
             raise ConfigError(f"--task_type {self.task_type!r} is not known; choose one of {sorted(TASK_KINDS)}")
         TASK_KINDS[self.task_type].check_spec(TaskSpec.from_data_args(self))
@@ -191,9 +190,6 @@ class MultiTaskArguments:
     distill_temperature: float = field(default=1.0, metadata={"help": "With --teachers: softmax temperature T."})
 
     def __post_init__(self):
-        from nlptransfer.losses import LOSS_WEIGHTINGS
-        from nlptransfer.sampling import build_task_sampler
-
         build_task_sampler(self.task_sampling, self.sampling_temperature)  # names the bad value, lists the known
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ConfigError(f"--loss_weighting {self.loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
@@ -301,9 +297,46 @@ class TransferArguments:
 
 
 @dataclass
-class TrainArguments:
+class RunArguments:
+    """What every run has, whatever it trains: where it goes, its seed, threads, trackers and Hub push."""
+
     output_dir: str = field(default="runs/latest", metadata={"help": "Where the model, results and checkpoints go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, shuffling and dropout."})
+    cpu_threads: int | None = field(
+        default=None, metadata={"help": "Torch threads per process on CPU (default: the cores split over processes)."}
+    )
+    report_to: str = field(
+        default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard, wandb...)."}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the saved run and a model card to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo to push to, as namespace/name."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+
+    def __post_init__(self):
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("--push_to_hub needs --hub_model_id namespace/name")
+
+    @property
+    def trackers(self) -> list[str] | str | None:
+        if self.report_to in ("none", ""):
+            return None
+        return "all" if self.report_to == "all" else [t.strip() for t in self.report_to.split(",") if t.strip()]
+
+    def may_reuse_output_dir(self) -> bool:
+        """Whether a non-empty output_dir may be written into."""
+        return self.overwrite_output_dir
+
+    def accelerator_kwargs(self) -> dict:
+        """What `start_run` passes to `Accelerator` for a run with these arguments."""
+        return {"log_with": self.trackers, "project_dir": self.output_dir}
+
+
+@dataclass
+class TrainArguments(RunArguments):
+    """The optimisation loop's settings (`fit`), on top of the run's."""
+
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
@@ -320,7 +353,6 @@ class TrainArguments:
     lr_scheduler_type: str = field(
         default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant, ..."}
     )
-    seed: int = field(default=42, metadata={"help": "Seed for initialisation, shuffling and dropout."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
     eval_steps: int | None = field(
         default=None, metadata={"help": "Evaluate every N optimizer steps (eval_strategy=steps)."}
@@ -329,6 +361,13 @@ class TrainArguments:
         default=None,
         metadata={
             "help": "Validation metric to select on (default by task: accuracy, f1 for ner, pearson for regression)."
+        },
+    )
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether a higher --metric_for_best_model is better. Needed only for a metric outside "
+            "nlptransfer's own (accuracy, f1, precision, recall, pearson, spearman, average: higher; loss, mse: lower)."
         },
     )
     early_stopping_patience: int | None = field(
@@ -357,19 +396,10 @@ class TrainArguments:
         default="adamw_torch_fused",
         metadata={"help": "adamw_torch_fused (one kernel for all weights) or adamw_torch (per-tensor foreach)."},
     )
-    cpu_threads: int | None = field(
-        default=None, metadata={"help": "Torch threads per process on CPU (default: the cores split over processes)."}
-    )
     logging_steps: int = field(default=50, metadata={"help": "Log the training loss every N optimizer steps."})
-    report_to: str = field(
-        default="none", metadata={"help": "Trackers: none, all, or a comma list (tensorboard, wandb...)."}
-    )
-    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the saved run and a model card to the Hub."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo to push to, as namespace/name."})
-    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
+        super().__post_init__()
         allowed = {"epoch", "steps", "no"}
         if self.eval_strategy not in allowed:
             raise ConfigError(f"--eval_strategy {self.eval_strategy!r} is not one of {sorted(allowed)}")
@@ -386,16 +416,18 @@ class TrainArguments:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("--push_to_hub needs --hub_model_id namespace/name")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
-    @property
-    def trackers(self) -> list[str] | str | None:
-        if self.report_to in ("none", ""):
-            return None
-        return "all" if self.report_to == "all" else [t.strip() for t in self.report_to.split(",") if t.strip()]
+    def may_reuse_output_dir(self) -> bool:
+        return self.overwrite_output_dir or bool(self.resume_from_checkpoint)  # resuming continues the run there
+
+    def accelerator_kwargs(self) -> dict:
+        return {
+            **super().accelerator_kwargs(),
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "mixed_precision": self.mixed_precision,
+        }
 
 
 def _yaml_to_argv(path: str) -> list[str]:

@@ -6,7 +6,8 @@ import random
 
 from transformers import PreTrainedTokenizerBase
 
-from nlptransfer.readers import DataError, Records, read_file, read_hub_dataset
+from nlptransfer.errors import DataError
+from nlptransfer.readers import Records, read_file, read_hub_dataset
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 
 SPLITS = ("train", "validation", "test")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from nlptransfer.config import ConfigError
+from nlptransfer.errors import ConfigError
 from nlptransfer.readers import Records
 from nlptransfer.strategies import GradientReversal, grl_schedule
 
@@ -150,6 +150,8 @@ class DomainAdversarialModel(nn.Module):
     (evaluation, serving) it is the plain classifier. Only `classifier` is saved as the run's model; the
     domain head is training-only.
     """
+
+    saved_attribute = "classifier"  # what a run folder holds: the model this wrapper trains (`runs.save_model`)
 
     def __init__(
         self,

@@ -70,5 +70,60 @@ def evaluate(
     return metrics
 
 
+def evaluate_tasks(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loaders: dict[str, DataLoader],
+    encoded: dict[str, dict[str, Encoded]],
+    specs: dict[str, TaskSpec],
+    split: str,
+) -> dict[str, float]:
+    """A multi-task model on one split: `<task>_<metric>` for every task with the split, the `average` of
+    each task's main metric and the mean `loss`."""
+    metrics, main = {}, []
+    for name, loader in loaders.items():
+        scores = evaluate(accelerator, model, loader, encoded[name][split], specs[name], task=name)
+        metrics.update({f"{name}_{key}": value for key, value in scores.items()})
+        main.append(scores[TASK_KINDS[specs[name].kind].default_metric])
+    if main:
+        metrics["average"] = sum(main) / len(main)
+        metrics["loss"] = sum(metrics[f"{name}_loss"] for name in loaders) / len(loaders)
+    return metrics
+
+
+def negative_transfer_report(multi: dict, single: dict[str, dict], kinds: dict[str, str]) -> list[dict]:
+    """Per task (`kinds`: task name -> task kind): the main test metric (validation if no test) of the
+    multi-task run against the task trained alone; a drop is negative transfer."""
+    rows = []
+    for name, alone in single.items():
+        metric = TASK_KINDS[kinds[name]].default_metric
+        prefix = "test" if f"test_{name}_{metric}" in multi else "eval"
+        key = f"{prefix}_{name}_{metric}"
+        delta = multi[key] - alone[key]
+        rows.append(
+            {
+                "task": name,
+                "split": prefix,
+                "metric": metric,
+                "multi_task": multi[key],
+                "single_task": alone[key],
+                "delta": delta,
+                "negative_transfer": delta < 0,
+            }
+        )
+    return rows
+
+
+def negative_transfer_markdown(rows: list[dict]) -> str:
+    lines = ["| task | split | metric | multi-task | single-task | delta |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = " **negative transfer**" if r["negative_transfer"] else ""
+        lines.append(
+            f"| {r['task']} | {r['split']} | {r['metric']} | {r['multi_task']:.4f} | {r['single_task']:.4f} "
+            f"| {100 * r['delta']:+.2f}{flag} |"
+        )
+    return "\n".join(lines)
+
+
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}_{key}": value for key, value in metrics.items()}

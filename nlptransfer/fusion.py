@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from nlptransfer.adapters import head_modules
-from nlptransfer.config import ConfigError
+from nlptransfer.errors import ConfigError
 
 PEFT_PREFIX = "base_model.model."
 

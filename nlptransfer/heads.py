@@ -59,6 +59,37 @@ class ScalarMix(nn.Module):
         return self.scale.to(layers.dtype) * torch.tensordot(weights, layers, dims=1)
 
 
+class PrivateLayers(nn.ModuleList):
+    """A task's own copy of the encoder's top layers, branching off the shared ones below them.
+
+    `attach` hooks the shared layer the copies start at: each encoder pass records what the encoder hands that
+    layer (its input states, attention mask, position bias...), and `forward` runs the copies on the same, so
+    they work whatever the architecture. `release` drops the recording (it holds the step's graph)."""
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self._inputs: tuple | None = None
+
+    def attach(self, shared_layer: nn.Module) -> None:
+        shared_layer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._inputs = (args[0], args[1:], kwargs)
+
+    def forward(self) -> torch.Tensor:
+        """The top copy's output states [batch, seq, hidden] for the encoder pass just run."""
+        if self._inputs is None:
+            raise RuntimeError("private layers run after an encoder pass, on what it handed the shared layer")
+        hidden, args, kwargs = self._inputs
+        for layer in self:
+            hidden = layer(hidden, *args, **kwargs)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden
+
+    def release(self) -> None:
+        self._inputs = None
+
+
 HEADS: dict[str, type[nn.Module]] = {"sequence": SequenceHead, "token": TokenHead}
 
 

@@ -20,8 +20,16 @@ import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
-from nlptransfer.modeling import TASK_FILE
-from nlptransfer.multitask import CONFIG_FILE as MULTITASK_FILE
+from nlptransfer.errors import PushError, RunFolderError
+from nlptransfer.runs import (
+    ADAPTER_CONFIG_FILE,
+    CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    MULTITASK_FILE,
+    RESULTS_FILE,
+    TASK_FILE,
+    run_kind,
+)
 from nlptransfer.tasks import TASK_KINDS
 
 logger = logging.getLogger(__name__)
@@ -74,10 +82,6 @@ Trained with nlptransfer's `recipes/finetune.py`; the full resolved configuratio
 """
 
 
-class PushError(RuntimeError):
-    """The push failed; the local run is untouched and the message says what to re-run."""
-
-
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Network-level errors of whichever HTTP client this huggingface_hub uses (httpx2, httpx or requests)."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
@@ -115,13 +119,13 @@ def read_run(run_dir: str | Path) -> dict:
     """What a card needs from a run folder: config, results, labels, whether it is an adapter."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
+        raise RunFolderError(f"{run_dir}: no such run folder")
 
     def read(name: str, parse: Callable[[str], dict] = json.loads) -> dict:
         return parse((run / name).read_text()) if (run / name).is_file() else {}
 
-    config, results = read("run_config.yaml", yaml.safe_load), read("all_results.json")
-    task, model_config = read(TASK_FILE), read("config.json")
+    config, results = read(CONFIG_FILE, yaml.safe_load), read(RESULTS_FILE)
+    task, model_config = read(TASK_FILE), read(MODEL_CONFIG_FILE)
     labels = task.get("labels") or [
         model_config.get("id2label", {})[k] for k in sorted(model_config.get("id2label", {}), key=int)
     ]
@@ -129,7 +133,7 @@ def read_run(run_dir: str | Path) -> dict:
         "config": config,
         "results": results,
         "labels": labels,
-        "adapter": (run / "adapter_config.json").is_file(),
+        "adapter": (run / ADAPTER_CONFIG_FILE).is_file(),
         "task_type": task.get("task_type") or config.get("task_type", "classification"),
         "base_model": task.get("base_model") or config.get("model_name_or_path"),
     }
@@ -259,8 +263,8 @@ def build_multitask_card(run_dir: str | Path, repo_id: str) -> ModelCard:
     """A card for a `MultiTaskModel` folder: every task with its labels and per-task metrics as a model-index."""
     run = Path(run_dir)
     model = json.loads((run / MULTITASK_FILE).read_text())
-    results = json.loads((run / "all_results.json").read_text()) if (run / "all_results.json").is_file() else {}
-    config = yaml.safe_load((run / "run_config.yaml").read_text()) if (run / "run_config.yaml").is_file() else {}
+    results = json.loads((run / RESULTS_FILE).read_text()) if (run / RESULTS_FILE).is_file() else {}
+    config = yaml.safe_load((run / CONFIG_FILE).read_text()) if (run / CONFIG_FILE).is_file() else {}
     tasks = model["tasks"]
     eval_results, rows = [], []
     for task in tasks:
@@ -338,9 +342,9 @@ def push_run(
     run = Path(run_dir)
     source = run / "merged" if merged else run
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: nothing to push" + (" (train with --merge first)" if merged else ""))
+        raise RunFolderError(f"{source}: nothing to push" + (" (train with --merge first)" if merged else ""))
     api = HfApi(token=token)
-    if (source / MULTITASK_FILE).is_file():
+    if run_kind(source) == "multitask":
         card = build_multitask_card(source, repo_id)
     else:
         card = build_model_card(run, repo_id, merged=merged)
@@ -355,7 +359,7 @@ def push_run(
     if merged:
         operations += [
             CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(run / name))
-            for name in ("all_results.json", "run_config.yaml")
+            for name in (RESULTS_FILE, CONFIG_FILE)
             if (run / name).is_file()
         ]
     operations = [op for op in operations if op.path_in_repo != "README.md"]

@@ -1,9 +1,9 @@
 """Local metrics: nothing is fetched from the Hub.
 
-Classification: accuracy and macro precision/recall/F1. NER: entity precision/recall/F1 with
-seqeval at word level, both the default (conlleval-compatible) mode and strict IOB2, overall and
-per entity type, plus word accuracy. Regression: Pearson and Spearman correlation and mean squared
-error, in plain numpy.
+Classification: accuracy and macro precision/recall/F1 (scikit-learn). NER: entity
+precision/recall/F1 with seqeval at word level, both the default (conlleval-compatible) mode and
+strict IOB2, overall and per entity type, plus word accuracy. Regression: Pearson and Spearman
+correlation (scipy) and mean squared error.
 """
 
 from __future__ import annotations
@@ -14,24 +14,27 @@ import numpy as np
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-averaged precision/recall/F1 over the `num_labels` classes seen in train."""
+    """Accuracy and macro-averaged precision/recall/F1 over the `num_labels` classes seen in train.
+
+    The macro average is over the classes that occur in `y_true` or `y_pred`: a class absent from this
+    split and never predicted says nothing either way. A class never predicted has precision 0, one
+    absent from `y_true` recall 0 (`zero_division=0`)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0:
         return {}
-    results = {"accuracy": float((y_true == y_pred).mean())}
-    precisions, recalls, f1s = [], [], []
-    for label in range(num_labels):
-        true_positive = float(np.sum((y_pred == label) & (y_true == label)))
-        predicted, actual = float(np.sum(y_pred == label)), float(np.sum(y_true == label))
-        if predicted == 0 and actual == 0:
-            continue  # a class absent from this split and never predicted says nothing either way
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / actual if actual else 0.0
-        precisions.append(precision)
-        recalls.append(recall)
-        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    results.update(precision=float(np.mean(precisions)), recall=float(np.mean(recalls)), f1=float(np.mean(f1s)))
-    return results
+    present = np.union1d(y_true, y_pred)
+    labels = present[(present >= 0) & (present < num_labels)]
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }
 
 
 def ner_metrics(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, float]:
@@ -65,38 +68,36 @@ def ner_metrics(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, f
 
 
 def average_ranks(values: Sequence[float]) -> np.ndarray:
-    """1-based ranks; tied values share the average of their ranks (as scipy.stats.rankdata does)."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    starts_group = np.r_[True, ordered[1:] != ordered[:-1]]
-    group = np.cumsum(starts_group) - 1
-    starts = np.flatnonzero(starts_group)
-    ends = np.r_[starts[1:], len(values)]
-    ranks = np.empty(len(values))
-    ranks[order] = ((starts + ends + 1) / 2)[group]  # mean of the 1-based ranks start+1 .. end
-    return ranks
+    """1-based ranks; tied values share the average of their ranks (`scipy.stats.rankdata`)."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(values, dtype=float), method="average")
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    scale = np.sqrt((x * x).sum() * (y * y).sum())
-    # undefined when either side is constant (e.g. a model that predicts one value): scored 0, no correlation
-    return float(np.clip((x * y).sum() / scale, -1.0, 1.0)) if scale > 0 else 0.0
+def _correlation(function, x: np.ndarray, y: np.ndarray) -> float:
+    """`function` (scipy's pearsonr or spearmanr) of x and y, or 0.0 where it is undefined: fewer than
+    two values, a constant side (e.g. a model that predicts one value), NaN in the inputs."""
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    value = float(function(x, y).statistic)
+    return value if np.isfinite(value) else 0.0
 
 
 def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman (Pearson of tie-averaged ranks) correlation, and mean squared error.
 
     A correlation is undefined when either side is constant; it is then reported as 0.0, so that
-    model selection on it still compares numbers.
+    model selection on it still compares numbers. The MSE is plain numpy, so that a diverged model's
+    NaN predictions give a NaN score rather than an error (scikit-learn rejects non-finite inputs).
     """
+    from scipy.stats import pearsonr, spearmanr
+
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     if len(y_true) == 0:
         return {}
     return {
-        "pearson": _pearson(y_true, y_pred),
-        "spearman": _pearson(average_ranks(y_true), average_ranks(y_pred)),
+        "pearson": _correlation(pearsonr, y_true, y_pred),
+        "spearman": _correlation(spearmanr, y_true, y_pred),
         "mse": float(np.mean((y_pred - y_true) ** 2)),
     }
 

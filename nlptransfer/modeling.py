@@ -1,4 +1,4 @@
-"""Load a pretrained encoder with the head a task kind needs, and save a finished run."""
+"""Load a pretrained encoder with the head a task kind needs (and a saved adapter run with its head)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from peft import PeftModel
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from nlptransfer.resolve import load_error, resolve_model
+from nlptransfer.runs import ADAPTER_CONFIG_FILE, TASK_FILE
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
 
 
@@ -38,37 +38,6 @@ def load_model_for_task(model_args, spec: TaskSpec) -> PreTrainedModel:
         raise load_error(model_args.model_name_or_path, err) from err
 
 
-TASK_FILE = "nlptransfer_task.json"
-
-
-def save_run(
-    accelerator: Accelerator,
-    output_dir: str | Path,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    results: dict,
-    spec: TaskSpec,
-    base_model: str,
-) -> None:
-    """`save_pretrained` (safetensors) of the gathered weights (or of the adapter with its head), the
-    tokenizer, the task's label names (`nlptransfer_task.json`) and `all_results.json`."""
-    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP/DeepSpeed) parameters; all ranks call it
-    if accelerator.is_main_process:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        unwrapped = accelerator.unwrap_model(model)
-        if isinstance(unwrapped, PeftModel):
-            unwrapped.save_pretrained(output_dir)  # adapter weights plus modules_to_save (the head)
-            results["adapter_size_bytes"] = (output_dir / "adapter_model.safetensors").stat().st_size
-        else:
-            unwrapped.save_pretrained(output_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(output_dir)
-        task = {"task_type": spec.kind, "labels": spec.labels, "base_model": base_model}
-        (output_dir / TASK_FILE).write_text(json.dumps(task, indent=2))
-        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    accelerator.wait_for_everyone()
-
-
 def load_adapter_model(path: str, revision: str | None = None) -> PeftModel:
     """Reload a saved adapter run (local folder or Hub repo) with its head and label names, in one call."""
     from huggingface_hub import hf_hub_download
@@ -79,7 +48,7 @@ def load_adapter_model(path: str, revision: str | None = None) -> PeftModel:
         return Path(hf_hub_download(path, name, revision=revision))
 
     task = json.loads(fetch(TASK_FILE).read_text())
-    base = json.loads(fetch("adapter_config.json").read_text())["base_model_name_or_path"]
+    base = json.loads(fetch(ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"]
     kind = TASK_KINDS[task["task_type"]]
     spec = TaskSpec(kind=task["task_type"], labels=task["labels"])
     model = kind.auto_model.from_pretrained(resolve_model(base), **kind.model_config(spec))

@@ -1,4 +1,4 @@
-"""`MultiTaskModel`: one pretrained encoder shared by several tasks, each with its own head.
+"""`MultiTaskModel`: one pretrained encoder shared by several tasks, each with its own route to its head.
 
     model = MultiTaskModel.from_encoder("sentence-transformers/all-MiniLM-L6-v2", tasks=[
         TaskSpec(name="trec", kind="classification", labels=[...]),
@@ -8,38 +8,43 @@
     model.save_pretrained("runs/mtl"); MultiTaskModel.from_pretrained("runs/mtl")
     model.predict(["Who wrote Hamlet?"], tasks=["trec", "conll2003"])
 
-A batch may mix tasks: the encoder runs once and each example goes to its task's head. Heads of
-tasks absent from a batch are tied into the loss with weight zero, so every trainable parameter
-gets a (zero) gradient in every step and DDP needs no `find_unused_parameters`.
+A batch may mix tasks: the encoder runs once and each example goes to its task's route (`TaskRoute`): the
+states its head reads (the shared last layer, a learned mix of all layers, or its own copy of the top layers)
+and the head. Heads of tasks absent from a batch are tied into the loss with weight zero, so every trainable
+parameter gets a (zero) gradient in every step and DDP needs no `find_unused_parameters`.
+The folder format (file names, version, weights' keys of older versions) is `runs`'s.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from nlptransfer.heads import ScalarMix, build_head
+from nlptransfer.encoders import encoder_layers
+from nlptransfer.heads import PrivateLayers, ScalarMix, build_head
+from nlptransfer.hub import push_run
 from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.resolve import load_error, resolve_model
+from nlptransfer.runs import (
+    multitask_folder,
+    read_multitask_config,
+    read_multitask_weights,
+    write_multitask_folder,
+    write_results,
+)
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
-
-CONFIG_FILE = "nlptransfer_multitask.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -51,6 +56,57 @@ class MultiTaskOutput(ModelOutput):
     logits: dict[str, torch.Tensor] | None = None
 
 
+class TaskRoute(nn.Module):
+    """One task's way through a `MultiTaskModel` after the shared encoder: where its head's states come from
+    (the last layer; `mix`, a learned `ScalarMix` of all layers; or `private`, its own copy of the top
+    layers) and the head."""
+
+    def __init__(self, spec: TaskSpec, head: nn.Module, mix: ScalarMix | None = None, private=None):
+        super().__init__()
+        self.spec = spec
+        self.head = head
+        self.mix = mix
+        self.private: PrivateLayers | None = private
+
+    def states(self, encoded: torch.Tensor) -> torch.Tensor:
+        """What the head reads, from `MultiTaskModel.encode`'s output."""
+        if self.private is not None:
+            return self.private()
+        return self.mix(encoded) if self.mix is not None else _last_layer(encoded)
+
+    def forward(self, encoded: torch.Tensor, attention_mask=None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's logits for `rows` of the batch `encoded` holds (all of it when None)."""
+        states = self.states(encoded)
+        return self.head(states if rows is None else states[rows], attention_mask)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return TASK_KINDS[self.spec.kind].loss(logits, labels)
+
+
+class TaskRoutes(nn.ModuleDict):
+    """The routes by task name, in task order. Their modules, and so `parameters()`, come part by part across the
+    tasks: every head, then every layer mix, then every private copy (the order of the layout before routes):
+    the optimizer's parameter groups, its saved state and the order the gradient norm sums in are those of
+    that layout, so a seeded run gives its numbers."""
+
+    def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True):
+        memo = set() if memo is None else memo
+        if self in memo:
+            return
+        shells = [(prefix, self), *((f"{prefix}.{name}" if prefix else name, route) for name, route in self.items())]
+        for path, module in shells:  # the containers themselves hold no parameters
+            if module not in memo:
+                if remove_duplicate:
+                    memo.add(module)
+                yield path, module
+        children = [(path, dict(route.named_children())) for path, route in shells[1:]]
+        parts = dict.fromkeys(["head", "mix", "private", *(part for _, named in children for part in named)])
+        for part in parts:  # any other part a route was given comes after those, never left out
+            for path, named in children:
+                if part in named:
+                    yield from named[part].named_modules(memo, f"{path}.{part}", remove_duplicate)
+
+
 def _as_spec(task: TaskSpec | dict) -> TaskSpec:
     spec = task if isinstance(task, TaskSpec) else TaskSpec(**task)
     if spec.kind not in TASK_KINDS:
@@ -60,7 +116,58 @@ def _as_spec(task: TaskSpec | dict) -> TaskSpec:
     return spec
 
 
+def _checked(encoder, tasks, loss_weighting: str, layer_mix, private_layers) -> tuple[list[TaskSpec], dict]:
+    """The task specs and the private layers per task (none left out), once every setting is valid."""
+    specs = [_as_spec(task) for task in tasks]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"task names must be unique and at least one: {names}")
+    if unknown := sorted(set(layer_mix) - set(names)):
+        raise ValueError(f"layer_mix names {unknown}, which are not tasks of this model ({names})")
+    private_layers = {name: n for name, n in (private_layers or {}).items() if n}
+    if unknown := sorted(set(private_layers) - set(names)):
+        raise ValueError(f"private_layers names {unknown}, which are not tasks of this model ({names})")
+    if both := sorted(set(private_layers) & set(layer_mix)):
+        raise ValueError(f"tasks {both}: a task takes either private_layers or layer_mix, not both")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting {loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
+    count = len(encoder_layers(encoder)) if private_layers else 0
+    for name in (name for name in names if name in private_layers):
+        if not 0 < (n := private_layers[name]) < count:
+            raise ValueError(f"task {name!r}: private_layers must be 1-{count - 1}, got {n}")
+    return specs, {name: private_layers[name] for name in names if name in private_layers}
+
+
+def _routes(encoder: nn.Module, specs, head_dropout, layer_mix, private_layers: dict[str, int]) -> TaskRoutes:
+    """A fresh route per task. The encoder's pooler moves into each sequence head (initialised from it), so no
+    encoder weight goes unused; every head is built first, in task order (a seeded run draws the same weights)."""
+    config = encoder.config
+    dropout = head_dropout if head_dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
+    pooler = getattr(encoder, "pooler", None)
+    if pooler is not None:
+        encoder.pooler = None
+    std = getattr(config, "initializer_range", 0.02)
+    heads = [
+        build_head(kind.head, config.hidden_size, kind.num_outputs(spec), dropout, pooler, std)
+        for spec, kind in ((spec, TASK_KINDS[spec.kind]) for spec in specs)
+    ]
+    shared = encoder_layers(encoder) if private_layers else []
+    # every copy before any hook: a copy would take the hooks of the layer it copies
+    private = {name: PrivateLayers(copy.deepcopy(shared[-n:])) for name, n in private_layers.items()}
+    for copies in private.values():
+        copies.attach(shared[len(shared) - len(copies)])
+    mixes = {name: ScalarMix(config.num_hidden_layers + 1) for name in layer_mix}  # embeddings + each layer
+    return TaskRoutes(
+        {
+            spec.name: TaskRoute(spec, head, mixes.get(spec.name), private.get(spec.name))
+            for spec, head in zip(specs, heads)
+        }
+    )
+
+
 class MultiTaskModel(nn.Module):
+    encoder_attribute = "encoder"  # where `encoders.encoder_module` finds the shared encoder
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -74,66 +181,45 @@ class MultiTaskModel(nn.Module):
         private_layers: dict[str, int] | None = None,
     ):
         super().__init__()
-        specs = [_as_spec(task) for task in tasks]
-        names = [spec.name for spec in specs]
-        if len(set(names)) != len(names) or not names:
-            raise ValueError(f"task names must be unique and at least one: {names}")
-        if unknown := sorted(set(layer_mix) - set(names)):
-            raise ValueError(f"layer_mix names {unknown}, which are not tasks of this model ({names})")
-        private_layers = {name: n for name, n in (private_layers or {}).items() if n}
-        if unknown := sorted(set(private_layers) - set(names)):
-            raise ValueError(f"private_layers names {unknown}, which are not tasks of this model ({names})")
-        if both := sorted(set(private_layers) & set(layer_mix)):
-            raise ValueError(f"tasks {both}: a task takes either private_layers or layer_mix, not both")
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting {loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
+        specs, private_layers = _checked(encoder, tasks, loss_weighting, layer_mix, private_layers)
         self.encoder = encoder
-        self.tasks = {spec.name: spec for spec in specs}
-        self.task_names = names
+        self.task_names = [spec.name for spec in specs]
         self.base_model = base_model or getattr(encoder.config, "_name_or_path", None)
         self.tokenizer = tokenizer
         self.adapter_config: PeftConfig | None = None
         self.adapter_per_task = False
         self._adapter_params: dict[str, list[nn.Parameter]] = {}
-        config = encoder.config
-        dropout = head_dropout if head_dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
-        # the pooler moves into each sequence head (initialised from it), so no encoder weight goes unused
-        pooler = getattr(encoder, "pooler", None)
-        if pooler is not None:
-            encoder.pooler = None
-        std = getattr(config, "initializer_range", 0.02)
-        self.heads = nn.ModuleDict(
-            {
-                spec.name: build_head(
-                    TASK_KINDS[spec.kind].head,
-                    config.hidden_size,
-                    TASK_KINDS[spec.kind].num_outputs(spec),
-                    dropout,
-                    pooler,
-                    std,
-                )
-                for spec in specs
-            }
-        )
-        # tasks whose head reads a learned mix of all the encoder's layers instead of the last one
-        layers = config.num_hidden_layers + 1  # the embeddings' output and each layer's
-        self.layer_mix = nn.ModuleDict({name: ScalarMix(layers) for name in names if name in set(layer_mix)})
-        # tasks with their own copy of the encoder's top layers (branching off the shared ones below them)
-        self.private = nn.ModuleDict()
-        self._branch_inputs: dict[int, tuple] = {}  # shared layer index -> (hidden, args, kwargs) it was called with
-        if private_layers:
-            shared_layers = encoder_layers(encoder)
-            for name in (name for name in names if name in private_layers):
-                if not 0 < (n := private_layers[name]) < len(shared_layers):
-                    raise ValueError(f"task {name!r}: private_layers must be 1-{len(shared_layers) - 1}, got {n}")
-                self.private[name] = copy.deepcopy(shared_layers[-n:])
-            for index in {len(shared_layers) - len(copies) for copies in self.private.values()}:
-                shared_layers[index].register_forward_pre_hook(partial(self._record_branch, index), with_kwargs=True)
+        self.routes = _routes(encoder, specs, head_dropout, set(layer_mix), private_layers)
         self.loss_weighting_name = loss_weighting
         self.task_weights = dict(task_weights or {})
         self.head_dropout = head_dropout
         factors = {spec.name: TASK_KINDS[spec.kind].uncertainty_factor for spec in specs}
-        self.loss_weighting = LOSS_WEIGHTINGS[loss_weighting](names, self.task_weights, factors)
+        self.loss_weighting = LOSS_WEIGHTINGS[loss_weighting](self.task_names, self.task_weights, factors)
+
+    # ---- each task's parts, by task name (views of `routes`) ---------------------------
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        return {name: route.spec for name, route in self.routes.items()}
+
+    @property
+    def heads(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: route.head for name, route in self.routes.items()})
+
+    @property
+    def layer_mix(self) -> nn.ModuleDict:
+        """The `ScalarMix` of each task whose head reads a learned mix of all the encoder's layers."""
+        return nn.ModuleDict({name: route.mix for name, route in self.routes.items() if route.mix is not None})
+
+    @property
+    def private(self) -> nn.ModuleDict:
+        """The `PrivateLayers` of each task with its own copy of the encoder's top layers (`encoders.layer_groups`
+        puts each copy with the layer it copies)."""
+        return nn.ModuleDict({name: route.private for name, route in self.routes.items() if route.private is not None})
+
+    @property
+    def private_layers(self) -> dict[str, int]:
+        """How many of the encoder's top layers each task with private layers has its own copy of."""
+        return {name: len(copies) for name, copies in self.private.items()}
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -160,8 +246,8 @@ class MultiTaskModel(nn.Module):
         The encoder's own weights freeze; adapters and heads train. With `per_task`, each task's rows
         go through the encoder with that task's adapter (one encoder pass per task in a batch).
         """
-        if self.private:
-            raise ValueError(f"tasks {list(self.private)} have private_layers; adapters do not combine with them")
+        if private := list(self.private_layers):
+            raise ValueError(f"tasks {private} have private_layers; adapters do not combine with them")
         peft_config.modules_to_save = None
         with warnings.catch_warnings():  # peft warns that a second adapter is "multiple adapters": intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -186,7 +272,7 @@ class MultiTaskModel(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def task_index(self, task: str) -> int:
-        if task not in self.tasks:
+        if task not in self.routes:
             raise KeyError(f"unknown task {task!r}; this model has {self.task_names}")
         return self.task_names.index(task)
 
@@ -196,36 +282,23 @@ class MultiTaskModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        if not self.layer_mix:
+        if all(route.mix is None for route in self.routes.values()):
             return self.encoder(**inputs).last_hidden_state
         return torch.stack(self.encoder(**inputs, output_hidden_states=True).hidden_states)
 
-    @property
-    def private_layers(self) -> dict[str, int]:
-        """How many of the encoder's top layers each task with private layers has its own copy of."""
-        return {name: len(copies) for name, copies in self.private.items()}
-
-    def _record_branch(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        # what the encoder passed to shared layer `index` (its input states, attention mask, position bias...):
-        # a task's private copies of the layers from there on take the same, whatever the architecture
-        self._branch_inputs[index] = (args[0], args[1:], kwargs)
-
     def task_states(self, task: str, encoded: torch.Tensor) -> torch.Tensor:
         """What `task`'s head reads after `encode`: its private layers' output, its layer mix, or the last layer."""
-        if task in self.private:
-            private = self.private[task]
-            hidden, args, kwargs = self._branch_inputs[self.encoder.config.num_hidden_layers - len(private)]
-            for layer in private:
-                hidden = layer(hidden, *args, **kwargs)
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            return hidden
-        return self.layer_mix[task](encoded) if task in self.layer_mix else _last_layer(encoded)
+        return self.routes[task].states(encoded)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """The parameters only `task` uses: its head, layer mix, private layers, own adapter."""
-        mix = self.layer_mix[task].parameters() if task in self.layer_mix else ()
-        private = self.private[task].parameters() if task in self.private else ()
-        return [*self.heads[task].parameters(), *mix, *private, *self._adapter_params.get(task, [])]
+        return [*self.routes[task].parameters(), *self._adapter_params.get(task, [])]
+
+    def _release(self) -> None:
+        """No reference to this step's graph outlives it (private layers record what the encoder handed them)."""
+        for route in self.routes.values():
+            if route.private is not None:
+                route.private.release()
 
     def forward(
         self,
@@ -244,22 +317,21 @@ class MultiTaskModel(nn.Module):
         inputs = (input_ids, attention_mask, token_type_ids)
         shared = None if self.adapter_per_task else self.encode(*inputs)
         logits, losses = {}, {}
-        for index, name in enumerate(self.task_names):
+        for index, (name, route) in enumerate(self.routes.items()):
             rows = (task_ids == index).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
+            mask = attention_mask[rows] if attention_mask is not None else None
             if shared is None:  # this task's own adapter over its rows
                 self._activate(name)
-                hidden = self.task_states(name, self.encode(*(t[rows] if t is not None else None for t in inputs)))
+                logits[name] = route(self.encode(*(t[rows] if t is not None else None for t in inputs)), mask)
             else:
-                hidden = self.task_states(name, shared)[rows]
-            mask = attention_mask[rows] if attention_mask is not None else None
-            logits[name] = self.heads[name](hidden, mask)
+                logits[name] = route(shared, mask, rows)
             if labels is not None and name in labels:
-                losses[name] = TASK_KINDS[self.tasks[name].kind].loss(logits[name], labels[name])
-        self._branch_inputs.clear()  # no reference to this step's graph outlives it
+                losses[name] = route.loss(logits[name], labels[name])
+        self._release()
         loss = self.combine_losses(losses, logits)
-        if loss is not None and self.training and self.private:
+        if loss is not None and self.training and any(route.private is not None for route in self.routes.values()):
             # a batch of private-layer tasks only leaves the shared top layers' output unused: tied in with
             # weight zero, those layers get a (zero) gradient in every step too (DDP)
             loss = loss + 0.0 * _last_layer(shared).sum()
@@ -284,12 +356,12 @@ class MultiTaskModel(nn.Module):
                 loss = loss + 0.0 * sum(p.sum() for p in idle)
         return loss
 
-    # ---- save / load as one artifact ---------------------------------------------------
+    # ---- save / load as one artifact (the folder's format: `runs`) ---------------------
     def config_dict(self) -> dict:
+        """What `from_pretrained` builds the model from; `nlptransfer_multitask.json` adds the format version."""
         return {
-            "format_version": FORMAT_VERSION,
             "base_model": self.base_model,
-            "tasks": [dataclasses.asdict(self.tasks[name]) for name in self.task_names],
+            "tasks": [dataclasses.asdict(spec) for spec in self.tasks.values()],
             "loss_weighting": self.loss_weighting_name,
             "task_weights": self.task_weights,
             "head_dropout": self.head_dropout,
@@ -304,31 +376,18 @@ class MultiTaskModel(nn.Module):
 
         `state_dict` lets a distributed run pass the gathered weights (`accelerator.get_state_dict`).
         """
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
         state = state_dict if state_dict is not None else self.state_dict()
         if self.adapter_config is not None:  # the frozen encoder comes back from base_model
             trainable = {name for name, p in self.named_parameters() if p.requires_grad}
             state = {k: v for k, v in state.items() if k in trainable or k.startswith("loss_weighting.")}
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / WEIGHTS_FILE))
-        self.encoder.config.save_pretrained(out)
-        (out / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2, default=_jsonable))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(out)
+        write_multitask_folder(save_directory, self.config_dict(), state, self.encoder.config, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, revision: str | None = None, token: str | None = None) -> MultiTaskModel:
-        """Reload a saved model (folder or Hub repo id) with every head, label names and adapter, in one call."""
-        folder = Path(path)
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(str(path), revision=revision, token=token))
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a MultiTaskModel folder")
-        config = json.loads((folder / CONFIG_FILE).read_text())
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: saved with a newer nlptransfer (format {config['format_version']})")
+        """Reload a saved model (folder or Hub repo id) with every head, label names and adapter, in one call.
+        A folder of an older format loads too (`runs.upgrade_multitask_state`)."""
+        folder = multitask_folder(path, revision, token)
+        config = read_multitask_config(folder)
         if config["adapter"]:  # frozen base weights from the base model, adapter and heads from the folder
             encoder = AutoModel.from_pretrained(resolve_model(config["base_model"]))
         else:
@@ -341,12 +400,12 @@ class MultiTaskModel(nn.Module):
             head_dropout=config["head_dropout"],
             base_model=config["base_model"],
             tokenizer=AutoTokenizer.from_pretrained(folder),
-            layer_mix=config.get("layer_mix", []),  # older artifacts have neither
-            private_layers=config.get("private_layers", {}),
+            layer_mix=config["layer_mix"],
+            private_layers=config["private_layers"],
         )
         if config["adapter"]:
-            model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]), config.get("adapter_per_task", False))
-        state = load_file(str(folder / WEIGHTS_FILE))
+            model.add_adapter(PeftConfig.from_peft_type(**config["adapter"]), config["adapter_per_task"])
+        state = read_multitask_weights(folder, config["format_version"])
         missing, unexpected = model.load_state_dict(state, strict=False)
         if config["adapter"]:  # only the frozen base may be missing
             trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -362,14 +421,10 @@ class MultiTaskModel(nn.Module):
         self, repo_id: str, private: bool = False, token: str | None = None, results: dict | None = None
     ) -> str:
         """Upload the whole model (one repo: encoder or adapter, heads, tokenizer, card); returns the commit URL."""
-        import tempfile
-
-        from nlptransfer.hub import push_run
-
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
             if results:
-                (Path(tmp) / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+                write_results(tmp, results)
             return push_run(tmp, repo_id, private=private, token=token)
 
     # ---- inference ---------------------------------------------------------------------
@@ -391,7 +446,8 @@ class MultiTaskModel(nn.Module):
         tasks = list(tasks or self.task_names)
         for name in tasks:
             self.task_index(name)
-        pairs = {bool(self.tasks[name].text_pair_column) for name in tasks}
+        specs = self.tasks
+        pairs = {bool(specs[name].text_pair_column) for name in tasks}
         if len(pairs) > 1:
             raise ValueError(f"tasks {tasks} mix sentence-pair and single-sentence inputs; predict them separately")
         was_training = self.training
@@ -411,13 +467,13 @@ class MultiTaskModel(nn.Module):
                 if shared is None:
                     self._activate(name)
                 hidden = shared if shared is not None else self.encode(**inputs)
-                logits[name] = self.heads[name](self.task_states(name, hidden)).float().cpu()
-            self._branch_inputs.clear()
+                logits[name] = self.routes[name](hidden).float().cpu()
+            self._release()
             for row in range(len(chunk)):
                 results.append(
                     {
-                        name: TASK_KINDS[self.tasks[name].kind].decode(
-                            logits[name][row], self.tasks[name], encoding, row, first[row]
+                        name: TASK_KINDS[specs[name].kind].decode(
+                            logits[name][row], specs[name], encoding, row, first[row]
                         )
                         for name in tasks
                     }
@@ -429,21 +485,3 @@ class MultiTaskModel(nn.Module):
 def _last_layer(encoded: torch.Tensor) -> torch.Tensor:
     """The last layer's states from `encode`'s output (the last of all layers' when a task mixes layers)."""
     return encoded if encoded.dim() == 3 else encoded[-1]
-
-
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers (BERT's `encoder.layer`, DistilBERT's `transformer.layer`, ...)."""
-    count = encoder.config.num_hidden_layers
-    for name, module in encoder.named_modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module) == count
-            and name.rsplit(".", 1)[-1] in ("layer", "layers")
-        ):
-            return module
-    raise ValueError(f"found no list of {count} layers in {type(encoder).__name__}; private_layers needs one")
-
-
-def _jsonable(value):
-    """peft configs hold sets (target_modules) and enums: lists and strings in JSON."""
-    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)

@@ -12,9 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """Input data is missing, malformed or inconsistent; the message names the file, line and field."""
+from nlptransfer.errors import DataError
 
 
 @dataclass

@@ -23,13 +23,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ModelNotFoundError(OSError):
-    """Neither a local folder, an installed package nor the Hub could provide the model."""
-
-
-class SplitZipError(ModelNotFoundError):
-    """The packages of a `SplitZipModel` are installed, but their parts do not join into its zip."""
+from nlptransfer.errors import ModelNotFoundError, SplitZipError
 
 
 @dataclass(frozen=True)

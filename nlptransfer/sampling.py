@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Sampler
 
 from nlptransfer.batching import EpochSampler
-from nlptransfer.config import ConfigError
+from nlptransfer.errors import ConfigError
 
 
 class TaskSampler:

@@ -11,60 +11,14 @@ split the same way. The head group is everything outside the encoder (task heads
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from nlptransfer.config import ConfigError
-
-LAYER_PATTERN = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-
-
-def encoder_module(model: nn.Module) -> nn.Module:
-    """The pretrained encoder inside a task model, a `PeftModel` or a `MultiTaskModel`."""
-    from peft import PeftModel
-
-    from nlptransfer.multitask import MultiTaskModel
-
-    if isinstance(model, PeftModel):
-        model = model.get_base_model()
-    if isinstance(model, MultiTaskModel):
-        return model.encoder
-    return getattr(model, "base_model", model)
-
-
-def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Parameters bottom-up: embeddings (and other shared encoder weights), each encoder layer, then
-    the head (everything outside the encoder). The encoder's pooler joins its top layer, and a multi-task
-    model's private copies of top layers join the layers they copy."""
-    encoder = encoder_module(model)
-    indexed: dict[int, list[nn.Parameter]] = {}
-    bottom, pooler, seen = [], [], set()
-    for name, param in encoder.named_parameters():
-        seen.add(id(param))
-        match = LAYER_PATTERN.search(name)
-        if match:
-            indexed.setdefault(int(match.group(1)), []).append(param)
-        else:
-            (pooler if "pooler" in name else bottom).append(param)
-    layers = [indexed[i] for i in sorted(indexed)]
-    if layers:
-        layers[-1] = layers[-1] + pooler
-    else:
-        bottom += pooler
-    for copies in getattr(model, "private", {}).values():  # a multi-task model's private copies of top layers
-        for i, layer in enumerate(copies, start=len(layers) - len(copies)):  # join the layer they copy
-            layers[i] = layers[i] + list(layer.parameters())
-            seen.update(id(param) for param in layer.parameters())
-    head = [param for param in model.parameters() if id(param) not in seen]
-    return [bottom, *layers, head]
-
-
-def num_layers(model: nn.Module) -> int:
-    return len(layer_groups(model)) - 2
+from nlptransfer.encoders import encoder_module, layer_groups
+from nlptransfer.errors import ConfigError
 
 
 def freeze(model: nn.Module, encoder: bool = False, bottom_layers: int = 0, word_embeddings: bool = False) -> int:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerBase
 
-from nlptransfer.config import ConfigError
+from nlptransfer.errors import ConfigError, DataError
 from nlptransfer.metrics import classification_metrics, ner_metrics, regression_metrics
-from nlptransfer.readers import DataError, Records, iob1_to_iob2
+from nlptransfer.readers import Records, iob1_to_iob2
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+
+from nlptransfer.config import RunArguments, TrainArguments
+from nlptransfer.encoders import cpu_cores
+from nlptransfer.errors import CheckpointNotFoundError, ConfigError, OutputDirError
+from nlptransfer.strategies import optimizer_groups
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +67,6 @@ def set_cpu_threads(accelerator: Accelerator, threads: int | None = None) -> Non
     torch.set_num_threads(threads or max(1, cpu_cores() // accelerator.num_processes))
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def fast_bf16() -> bool:
     """True where bf16 matmuls are fast: a GPU with bf16, or a CPU with AMX or AVX512-BF16."""
     if torch.cuda.is_available():
@@ -83,19 +86,15 @@ def resolve_mixed_precision(choice: str | None) -> str | None:
     return "bf16" if fast_bf16() else "no"
 
 
-def start_run(args) -> Accelerator:
-    """The Accelerator of a recipe run: accumulation, precision, trackers; logs on the main process
-    only; seeded; CPU threads split over the processes. Every recipe starts with this."""
-    import datasets
-    import transformers
-    from accelerate.utils import set_seed
-
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=resolve_mixed_precision(args.mixed_precision),
-        log_with=args.trackers,
-        project_dir=args.output_dir,
-    )
+def start_run(args: RunArguments, project: str = "nlptransfer", configs: Sequence[object] = ()) -> Accelerator:
+    """The Accelerator of a recipe run: the output folder checked first (nothing of the user's is
+    overwritten), accumulation, precision, trackers (with `configs` as their hyper-parameters); logs on
+    the main process only; seeded; CPU threads split over the processes. Every recipe starts with this."""
+    check_output_dir(args.output_dir, args.may_reuse_output_dir())
+    kwargs = args.accelerator_kwargs()
+    if "mixed_precision" in kwargs:
+        kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"])
+    accelerator = Accelerator(**kwargs)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.ERROR,
@@ -104,6 +103,11 @@ def start_run(args) -> Accelerator:
     transformers.utils.logging.set_verbosity_warning()
     set_seed(args.seed)
     set_cpu_threads(accelerator, args.cpu_threads)
+    if args.trackers:  # trackers take scalars and strings only
+        hparams = {k: v for config in (*configs, args) for k, v in vars(config).items()}
+        accelerator.init_trackers(
+            project, config={k: v for k, v in hparams.items() if isinstance(v, int | float | str | bool)}
+        )
     return accelerator
 
 
@@ -113,6 +117,27 @@ def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool
     fingerprint = torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten()
     gathered = accelerator.gather(fingerprint.to(accelerator.device)[None])
     return bool((gathered == gathered[0]).all())
+
+
+METRIC_GREATER_IS_BETTER = {
+    **dict.fromkeys(("accuracy", "f1", "precision", "recall", "pearson", "spearman", "average"), True),
+    **dict.fromkeys(("micro_f1", "macro_f1", "strict_f1", "exact_match"), True),
+    **dict.fromkeys(("loss", "mse"), False),
+}
+"""The direction of every metric nlptransfer reports; a multi-task run's `<task>_<metric>` takes its metric's."""
+
+
+def greater_is_better(metric: str, stated: bool | None = None) -> bool:
+    """Whether a higher `metric` is better: as stated (--greater_is_better), else from the table above."""
+    if stated is not None:
+        return stated
+    for known, direction in sorted(METRIC_GREATER_IS_BETTER.items(), key=lambda item: -len(item[0])):
+        if metric == known or metric.endswith(f"_{known}"):
+            return direction
+    raise ConfigError(
+        f"--metric_for_best_model {metric!r} is not one of nlptransfer's metrics "
+        f"({sorted(METRIC_GREATER_IS_BETTER)}); say which way is better with --greater_is_better true|false"
+    )
 
 
 # --optim: how AdamW runs its update (same maths): one fused kernel over every weight, or per-tensor foreach
@@ -129,8 +154,6 @@ def build_optimizer(
     LayerNorm weights get no weight decay; `layerwise_lr_decay` lowers the LR layer by layer downward.
     `own_lr` pairs (parameters, lr) take those parameters out of their group into one of their own, with
     that LR and no weight decay (e.g. the learned loss weights of a multi-task model)."""
-    from nlptransfer.strategies import optimizer_groups
-
     groups = optimizer_groups(model, args.learning_rate, args.weight_decay, layerwise_lr_decay)
     own_lr = [(list(params), lr) for params, lr in own_lr]  # iterated twice: a generator would be spent
     moved = {id(p) for params, _ in own_lr for p in params}
@@ -166,13 +189,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, steps: int, args, num_proc
     )
 
 
-def check_output_dir(output_dir: str, args) -> None:
-    """Refuse to write into a non-empty folder unless asked to, or resuming a run in it."""
+def check_output_dir(output_dir: str, reuse: bool = False) -> None:
+    """Refuse to write into a non-empty folder unless told to reuse it (overwrite, or resume a run in it)."""
     path = Path(output_dir)
     if path.is_file():
-        raise FileExistsError(f"--output_dir {output_dir} is a file")
-    if path.is_dir() and any(path.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
-        raise FileExistsError(
+        raise OutputDirError(f"--output_dir {output_dir} is a file")
+    if path.is_dir() and any(path.iterdir()) and not reuse:
+        raise OutputDirError(
             f"--output_dir {output_dir} exists and is not empty; pass --overwrite_output_dir to write into it, "
             f"--resume_from_checkpoint latest to continue its run, or choose another folder"
         )
@@ -181,11 +204,11 @@ def check_output_dir(output_dir: str, args) -> None:
 def find_checkpoint(output_dir: str, resume: str) -> Path:
     if resume != "latest":
         if not (Path(resume) / "train_state.json").exists() and not Path(resume).is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+            raise CheckpointNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
         return Path(resume)
     found = sorted((Path(output_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     if not found:
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"--resume_from_checkpoint latest: no checkpoints in {Path(output_dir) / 'checkpoints'}"
         )
     return found[-1]
@@ -201,16 +224,17 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler,
         train_loader: DataLoader,
-        args,
+        args: TrainArguments,
         evaluate: Callable[[], dict[str, float]] | None = None,
         metric_for_best_model: str | None = None,
+        greater_is_better: bool = True,
         loss_terms: Sequence[LossTerm] = (),
         max_steps: int | None = None,
         callbacks: Sequence[Callable[[Trainer], None]] = (),
     ):
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.train_loader, self.args, self.evaluate_fn = train_loader, args, evaluate
-        self.metric = metric_for_best_model
+        self.metric, self.greater_is_better = metric_for_best_model, greater_is_better
         self.loss_terms = list(loss_terms)
         self.callbacks = list(callbacks)  # called before every training batch (schedules: GRL strength, ...)
         self.max_steps = max_steps or total_steps(len(train_loader), args)
@@ -219,6 +243,11 @@ class Trainer:
         self.best_dir = self.checkpoint_dir / "best_model"
         self.state = TrainState()
         accelerator.register_for_checkpointing(self.state)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The model without its DDP/DeepSpeed/FSDP wrapper (callbacks set schedules on it)."""
+        return self.accelerator.unwrap_model(self.model)
 
     # ---- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -267,10 +296,8 @@ class Trainer:
             if self.metric not in metrics:
                 raise KeyError(f"--metric_for_best_model {self.metric!r} is not among the metrics {sorted(metrics)}")
             value = metrics[self.metric]
-            # every metric we report is higher-is-better except losses and errors (mse)
-            lower_is_better = "loss" in self.metric or self.metric.endswith("mse")
             better = self.state.best_metric is None or (
-                value < self.state.best_metric if lower_is_better else value > self.state.best_metric
+                value > self.state.best_metric if self.greater_is_better else value < self.state.best_metric
             )
             if better:
                 self.state.best_metric, self.state.best_step = value, self.state.step

@@ -36,9 +36,10 @@ import torch
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from nlptransfer.batching import PaddingCollator, eval_dataloader
-from nlptransfer.config import ConfigError, ModelArguments
+from nlptransfer.config import ModelArguments
 from nlptransfer.data import encode_splits, load_splits
-from nlptransfer.meta import mean_pool
+from nlptransfer.encoders import mean_pool
+from nlptransfer.errors import ConfigError
 from nlptransfer.modeling import load_tokenizer
 from nlptransfer.readers import Records
 from nlptransfer.resolve import load_error, resolve_model
@@ -159,28 +160,15 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([e.log_evidence for e in logme_evidences(features, targets)]))
 
 
-def ledoit_wolf_shrinkage(centered: np.ndarray) -> float:
-    """The Ledoit-Wolf (2004) intensity s in [0, 1] of (1 - s) S + s mu I, S the covariance of the
-    already centred rows, mu = tr(S) / d (the closed form scikit-learn's `ledoit_wolf_shrinkage` uses)."""
-    n, d = centered.shape
-    squared = centered**2
-    covariance = centered.T @ centered / n
-    mu = float(np.trace(covariance)) / d
-    delta = float(((covariance - mu * np.eye(d)) ** 2).sum()) / d
-    beta = float((squared.sum(axis=1) ** 2).sum() / n - (covariance**2).sum()) / (n * d)
-    if delta <= 0:
-        return 0.0
-    return min(max(beta, 0.0), delta) / delta
-
-
 def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: float | str = "auto") -> float:
     """H-score (Bao et al., ICIP 2019): tr(cov(f)^-1 cov(E[f|y])), between 0 and (classes - 1).
 
     Covariances are the biased (1/n) ones of the centred features. `shrinkage="auto"` (the default)
     is the shrinkage-based H-score of Ibrahim et al. (2022): cov(f) is replaced by its Ledoit-Wolf
-    estimate (1 - s) cov(f) + s tr(cov(f))/d I and cov(E[f|y]) scaled by (1 - s), which keeps the
-    score meaningful when n is not much larger than d (plain H-score reaches its maximum, classes - 1,
-    for any labelling once n <= d + 1). Invariant to rotations and a global scale of the features.
+    estimate (1 - s) cov(f) + s tr(cov(f))/d I (scikit-learn's `ledoit_wolf`, s its closed-form
+    intensity) and cov(E[f|y]) scaled by (1 - s), which keeps the score meaningful when n is not much
+    larger than d (plain H-score reaches its maximum, classes - 1, for any labelling once n <= d + 1).
+    Invariant to rotations and a global scale of the features.
     `shrinkage=0.0` is the original H-score with a pseudo-inverse (eigenvalues below 1e-12 of the
     largest are dropped): invariant to any invertible linear map of the features. A float in [0, 1]
     fixes s."""
@@ -193,14 +181,16 @@ def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: float | str = "
     np.add.at(means, inverse, centered)
     means /= counts[:, None]
     between = means.T @ (means * counts[:, None]) / n  # cov(E[f|y]) over the examples
-    covariance = centered.T @ centered / n
+    # imported here: scipy (under sklearn) adds warning filters on import, `import nlptransfer` must not
+    from sklearn.covariance import empirical_covariance, ledoit_wolf, shrunk_covariance
+
     if shrinkage == "auto":
-        shrinkage = ledoit_wolf_shrinkage(centered)
+        covariance, shrinkage = ledoit_wolf(centered, assume_centered=True)
     elif isinstance(shrinkage, str) or not 0.0 <= float(shrinkage) <= 1.0:
         raise ValueError(f"shrinkage must be 'auto' or a number in [0, 1], got {shrinkage!r}")
+    else:
+        covariance = shrunk_covariance(empirical_covariance(centered, assume_centered=True), float(shrinkage))
     s = float(shrinkage)
-    mu = float(np.trace(covariance)) / d
-    covariance = (1 - s) * covariance + s * mu * np.eye(d)
     eigenvalues, vectors = np.linalg.eigh(covariance)
     if eigenvalues[-1] <= 0:
         return 0.0  # constant features: nothing to explain the labels with
@@ -475,22 +465,16 @@ def rank_models(
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b rank correlation of two score lists (ties counted as in scipy's default):
-    (concordant - discordant) / sqrt((pairs - pairs tied in x) (pairs - pairs tied in y)); NaN when
-    either list is constant."""
+    """Kendall's tau-b rank correlation of two score lists (`scipy.stats.kendalltau`, its default
+    variant): (concordant - discordant) / sqrt((pairs - pairs tied in x) (pairs - pairs tied in y));
+    NaN when either list is constant."""
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
-    concordant = discordant = tied_x = tied_y = pairs = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            pairs += 1
-            tied_x += dx == 0
-            tied_y += dy == 0
-            concordant += dx * dy > 0
-            discordant += dx * dy < 0
-    denominator = math.sqrt((pairs - tied_x) * (pairs - tied_y))
-    return (concordant - discordant) / denominator if denominator else float("nan")
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan")  # undefined; scipy would say so with a warning
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(x, y).statistic)
 
 
 __all__ = [
@@ -502,7 +486,6 @@ __all__ = [
     "extract_features",
     "h_score",
     "kendall_tau_b",
-    "ledoit_wolf_shrinkage",
     "load_examples",
     "logme",
     "logme_evidences",

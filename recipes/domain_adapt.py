@@ -21,36 +21,9 @@ information maximisation poorly (they are more confident, so their weighted sour
 The target test rows give `test_*`; the source test rows give `source_test_*`.
 """
 
-import sys
-from functools import partial
-
-from nlptransfer import (
-    ConfigError,
-    ModelArguments,
-    PaddingCollator,
-    TaskSpec,
-    TrainArguments,
-    Trainer,
-    build_optimizer,
-    build_scheduler,
-    carve_validation,
-    check_output_dir,
-    count_parameters,
-    encode_splits,
-    eval_dataloader,
-    evaluate,
-    load_model_for_task,
-    load_tokenizer,
-    parse_args,
-    prefixed,
-    read_file,
-    save_config,
-    save_run,
-    start_run,
-    total_steps,
-    train_dataloader,
-)
-from nlptransfer.batching import without_labels
+from nlptransfer.batching import PaddingCollator, train_dataloader, without_labels
+from nlptransfer.config import ModelArguments, TrainArguments, parse_args
+from nlptransfer.data import carve_validation, encode_splits
 from nlptransfer.domain import (
     DOMAIN_METHODS,
     DomainAdversarialModel,
@@ -61,21 +34,24 @@ from nlptransfer.domain import (
     unlabelled,
     with_domain,
 )
+from nlptransfer.errors import ConfigError, run_main
+from nlptransfer.lifecycle import finish_run, fit, task_eval_sets
+from nlptransfer.modeling import count_parameters, load_model_for_task, load_tokenizer
+from nlptransfer.readers import read_file
+from nlptransfer.runs import save_run
+from nlptransfer.tasks import TaskSpec
+from nlptransfer.training import start_run
 
 
 def main(argv=None):
     model_args, domain_args, args = parse_args(ModelArguments, DomainArguments, TrainArguments, args=argv)
     method = DOMAIN_METHODS[domain_args.method]
-    check_output_dir(args.output_dir, args)
-    accelerator = start_run(args)
+    configs = [model_args, domain_args]
+    accelerator = start_run(args, "nlptransfer-domain", configs)
 
     # data: each domain split into train/test by a seed; validation carved from the labelled domain
-    spec = TaskSpec(
-        name="sentiment",
-        kind="classification",
-        text_column=domain_args.text_column_name,
-        label_column=domain_args.label_column_name,
-    )
+    columns = {"text_column": domain_args.text_column_name, "label_column": domain_args.label_column_name}
+    spec = TaskSpec(name="sentiment", kind="classification", **columns)
     tokenizer = load_tokenizer(model_args)
     with accelerator.main_process_first():
         seed, size = domain_args.split_seed, domain_args.test_size
@@ -100,8 +76,7 @@ def main(argv=None):
 
     # model: the classifier, wrapped with a domain classifier behind a GRL for DANN
     model = load_model_for_task(model_args, spec)
-    train_features = encoded["train"].features
-    batch_size = args.per_device_train_batch_size
+    train_features, batch_size, own_lr, callbacks = encoded["train"].features, args.per_device_train_batch_size, [], []
     if method.adversarial:
         model = DomainAdversarialModel(
             model, domain_args.domain_hidden_size, domain_args.domain_loss_weight, domain_args.target_im_weight
@@ -111,69 +86,32 @@ def main(argv=None):
         target_rows = without_labels(encoded["target_train"].features)
         train_features = with_domain(train_features, 0) + with_domain(target_rows, 1)
         batch_size *= 2
+        if domain_args.domain_learning_rate:  # the domain classifier at its own LR (else in the head's group)
+            own_lr = [(model.domain_head.parameters(), domain_args.domain_learning_rate)]
+        # reversal strength 0 -> 1 over training (DANN's schedule)
+        callbacks = [lambda t: t.unwrapped.set_progress(t.state.step / t.max_steps, domain_args.grl_gamma)]
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,}")
     collator = PaddingCollator(tokenizer.pad_token_id)
     train_loader = train_dataloader(train_features, batch_size, collator, args.seed, args.group_by_length)
-    eval_splits = [split for split in ("validation", "test", "source_test") if split in encoded]
-    eval_loaders = [
-        eval_dataloader(encoded[split].features, args.per_device_eval_batch_size, collator) for split in eval_splits
-    ]
-    own_lr = []  # the domain classifier at its own LR, if given (else in the head's group)
-    if method.adversarial and domain_args.domain_learning_rate:
-        own_lr = [(model.domain_head.parameters(), domain_args.domain_learning_rate)]
-    optimizer = build_optimizer(model, args, own_lr=own_lr)
-    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
-    steps = total_steps(len(train_loader), args)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, steps, args, accelerator.num_processes))
-    evaluate_on = {
-        split: partial(evaluate, accelerator, model, loader, encoded[split], spec)
-        for split, loader in zip(eval_splits, eval_loaders)
-    }
-
-    def grl_warmup(trainer: Trainer) -> None:  # reversal strength 0 -> 1 over training (DANN's schedule)
-        accelerator.unwrap_model(trainer.model).set_progress(trainer.state.step / steps, domain_args.grl_gamma)
-
-    trainer = Trainer(
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        args,
-        evaluate=evaluate_on["validation"],
-        metric_for_best_model=args.metric_for_best_model or "accuracy",
-        max_steps=steps,
-        callbacks=[grl_warmup] if method.adversarial else [],
-    )
-    results = trainer.train()
-    trainer.load_best()
-    for split, evaluate_split in evaluate_on.items():
-        results.update(prefixed(evaluate_split(), "eval" if split == "validation" else split))
+    splits_to_score = ("validation", "test", "source_test")
+    eval_sets = task_eval_sets(accelerator, encoded, spec, collator, args.per_device_eval_batch_size, splits_to_score)
+    fitted = fit(accelerator, model, train_loader, args, eval_sets, callbacks=callbacks, own_lr=own_lr)
+    results = fitted.results
     results.update(method=domain_args.method, trainable_parameters=trainable, total_parameters=total)
-    classifier = accelerator.unwrap_model(model)
-    classifier = classifier.classifier if isinstance(classifier, DomainAdversarialModel) else classifier
     if method.labelled == "source":  # a target-risk estimate that needs no target label, to compare runs by
+        classifier = model.classifier if method.adversarial else model
         results["dev_risk"] = deep_embedded_validation(
             classifier, collator, encoded["train"], encoded["target_train"], encoded["validation"]
         )
+    del model
 
-    # the saved model is the plain classifier: it loads in a `pipeline`
-    save_run(accelerator, args.output_dir, classifier, tokenizer, results, spec, model_args.model_name_or_path)
-    if accelerator.is_main_process:
-        save_config(f"{args.output_dir}/run_config.yaml", model_args, domain_args, args)
-        for key in ("eval_accuracy", "test_accuracy", "source_test_accuracy", "train_runtime"):
-            if key in results:
-                print(f"{key:>24}: {results[key]:.4f}")
-        if "dev_risk" in results:
-            print(f"{'dev_risk':>24}: {results['dev_risk']:.4f}")
-        print(f"saved to {args.output_dir}")
+    # the saved model is the plain classifier (the DANN wrapper saves its `classifier`): it loads in a `pipeline`
+    def save(output_dir):
+        save_run(accelerator, output_dir, fitted.model, tokenizer, results, spec, model_args.model_name_or_path)
 
-    del model, optimizer, trainer, evaluate_on, classifier
-    accelerator.free_memory()
-    accelerator.end_training()
-    return results
+    return finish_run(accelerator, args, fitted, save=save, configs=configs)
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    run_main(main)

@@ -129,12 +129,16 @@ def recipe_args(model: str, files: dict[str, str], output_dir, *extra: str) -> l
     return args + list(extra)
 
 
-def run_script(path: str, args: list[str]) -> None:
-    """Run a recipe as a script (runpy), the way `python recipes/<name>.py ...` does; it must exit 0."""
+def run_script(path: str, args: list[str], exit_status: int = 0) -> None:
+    """Run a recipe as a script (runpy), the way `python recipes/<name>.py ...` does; it must exit with
+    `exit_status`. When a run expected to succeed stops on a user error (exit 2, one `error:` line), the
+    error behind it is raised, so a test can match on its type and message."""
     import runpy
     import sys
 
     from accelerate.state import AcceleratorState
+
+    from nlptransfer.errors import NlptransferError
 
     AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
     saved = sys.argv
@@ -144,7 +148,10 @@ def run_script(path: str, args: list[str]) -> None:
             runpy.run_path(path, run_name="__main__")
     finally:
         sys.argv = saved
-    assert exit_info.value.code == 0
+    error = exit_info.value.__context__  # run_main exits `from None`: the error is still its context
+    if exit_status == 0 and isinstance(error, NlptransferError):
+        raise error
+    assert exit_info.value.code == exit_status
 
 
 @contextlib.contextmanager

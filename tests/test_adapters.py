@@ -16,7 +16,7 @@ from transformers import (
     DistilBertForSequenceClassification,
 )
 
-from nlptransfer.adapters import LoraArgs, apply_adapter, head_modules
+from nlptransfer.adapters import AdapterArguments, apply_adapter, head_modules
 from nlptransfer.config import ConfigError
 
 from conftest import recipe_args
@@ -72,7 +72,9 @@ def test_head_modules_found_by_structure():
 @pytest.mark.parametrize("use_dora", [False, True])
 def test_lora_trains_only_adapters_and_head(tiny_model, use_dora):
     model = BertForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
-    peft_model = apply_adapter(model, LoraArgs(peft="lora", lora_r=4, use_dora=use_dora), "classification", "my/base")
+    peft_model = apply_adapter(
+        model, AdapterArguments(peft="lora", lora_r=4, use_dora=use_dora), "classification", "my/base"
+    )
     trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name or "classifier" in name for name in trainable)
     assert any("classifier" in name for name in trainable)
@@ -149,10 +151,10 @@ def test_ia3_from_peft_config_file_and_ner_lora(tiny_model, cls_files, ner_files
 
 def test_bad_adapter_options():
     with pytest.raises(ConfigError, match="--peft 'lorra' is not known"):
-        LoraArgs(peft="lorra")
+        AdapterArguments(peft="lorra")
     model = BertForSequenceClassification(
         BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
     )
     model.config.model_type = "mystery"
     with pytest.raises(ConfigError, match="no default LoRA target modules for model type 'mystery'"):
-        apply_adapter(model, LoraArgs(peft="lora"), "classification", "x")
+        apply_adapter(model, AdapterArguments(peft="lora"), "classification", "x")

@@ -6,10 +6,8 @@ import sys
 import pytest
 import yaml
 
+import bench_mtl
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import bench_mtl  # noqa: E402
 
 SHIPPED = REPO / "recipes" / "configs" / "trec_sst2_conll.yaml"
 

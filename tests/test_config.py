@@ -50,8 +50,8 @@ def test_every_recipe_flag_set_prints_its_help():
     from transformers import HfArgumentParser
 
     from nlptransfer import (
+        AdapterArguments,
         DataArguments,
-        LoraArgs,
         ModelArguments,
         MultiTaskArguments,
         TrainArguments,
@@ -60,8 +60,8 @@ def test_every_recipe_flag_set_prints_its_help():
     from nlptransfer.domain import DomainArguments
 
     for types in (
-        (ModelArguments, DataArguments, TrainArguments, LoraArgs, TransferArguments),
-        (ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments),
+        (ModelArguments, DataArguments, TrainArguments, AdapterArguments, TransferArguments),
+        (ModelArguments, MultiTaskArguments, TrainArguments, AdapterArguments, TransferArguments),
         (ModelArguments, DomainArguments, TrainArguments),
     ):
         assert "--output_dir" in HfArgumentParser(types).format_help()

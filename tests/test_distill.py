@@ -87,7 +87,7 @@ def other_tokenizer_ner_teacher(other_tokenizer_model, ner_files, tmp_path_facto
 
 # ---- losses ---------------------------------------------------------------------------------
 def test_kd_loss_equals_the_hand_computed_value():
-    from nlptransfer.distill_losses import kd_loss
+    from nlptransfer.distill.losses import kd_loss
 
     student, teacher = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     # T=1: p_t = (σ(-1), σ(1)), p_s reversed, log(p_t1/p_s1) = 1: KL = (σ(1) - σ(-1)) * 1 = tanh(1/2)
@@ -100,7 +100,7 @@ def test_kd_loss_equals_the_hand_computed_value():
 
 
 def test_kd_loss_scales_with_t_squared_so_its_gradient_keeps_its_size():
-    from nlptransfer.distill_losses import kd_loss
+    from nlptransfer.distill.losses import kd_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(8, 5), torch.randn(8, 5)
@@ -119,7 +119,7 @@ def test_kd_loss_scales_with_t_squared_so_its_gradient_keeps_its_size():
 
 
 def test_kd_loss_is_zero_for_identical_logits_and_respects_the_mask():
-    from nlptransfer.distill_losses import kd_loss, logit_mse
+    from nlptransfer.distill.losses import kd_loss, logit_mse
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 4)
@@ -144,7 +144,7 @@ def test_kd_loss_is_zero_for_identical_logits_and_respects_the_mask():
 
 
 def test_hidden_and_attention_losses_and_the_layer_map():
-    from nlptransfer.distill_losses import HIDDEN_LOSSES, attention_kl, parse_layer_map
+    from nlptransfer.distill.losses import HIDDEN_LOSSES, attention_kl, parse_layer_map
 
     torch.manual_seed(0)
     states, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
@@ -271,7 +271,7 @@ def test_hidden_state_matching_trains_a_projection_when_widths_differ(tiny_model
     from transformers import BertForSequenceClassification
 
     from nlptransfer.distill import load_teacher
-    from nlptransfer.distill_model import DistillationModel
+    from nlptransfer.distill.model import DistillationModel
 
     teacher = load_teacher(cls_teacher)
     torch.manual_seed(0)
@@ -310,7 +310,7 @@ def test_collator_pads_token_targets_with_nan_and_a_regression_student_matches_l
     from transformers import BertForSequenceClassification
 
     from nlptransfer.distill import DistillArguments
-    from nlptransfer.distill_model import DistillationModel, DistillCollator
+    from nlptransfer.distill.model import DistillationModel, DistillCollator
 
     features = [
         {"input_ids": [2, 7, 3], "labels": [-100, 1, -100], "teacher_logits": [[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]},
@@ -383,7 +383,7 @@ def test_pure_distillation_learns_from_the_teacher_alone(tiny_model, cls_teacher
 
 
 def test_teacher_cache_is_written_once_and_reused(tiny_model, cls_teacher, cls_files, tmp_path, monkeypatch):
-    import nlptransfer.teacher_targets as teacher_targets
+    import nlptransfer.distill.targets as teacher_targets
 
     cache = tmp_path / "cache"
     common = ["--student_layers", "1", "--max_steps", "4", "--teacher_cache_dir", str(cache)]
@@ -416,7 +416,7 @@ def test_teacher_with_another_tokenizer_gives_one_target_per_word(
 
     from nlptransfer import encode_splits, read_file
     from nlptransfer.distill import load_teacher, same_vocabulary
-    from nlptransfer.teacher_targets import compute_teacher_targets
+    from nlptransfer.distill.targets import compute_teacher_targets
 
     teacher = load_teacher(other_tokenizer_ner_teacher)
     student_tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -602,8 +602,8 @@ def test_bad_input_gives_clear_errors(tiny_model, cls_teacher, ner_teacher, othe
 # ---- transfer sets: unlabelled text the teacher labels ----------------------------------------
 def test_transfer_set_rows_in_the_task_columns_and_clear_errors(tmp_path):
     from nlptransfer.batching import without_labels
+    from nlptransfer.distill.targets import read_transfer_set
     from nlptransfer.readers import DataError
-    from nlptransfer.teacher_targets import read_transfer_set
 
     ner = TaskSpec(name="t", kind="ner", labels=["O", "B-PER"])
     texts = tmp_path / "news.jsonl"
@@ -647,8 +647,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def test_a_batch_of_transfer_rows_alone_has_a_finite_loss_from_the_soft_targets(tiny_model):
     from transformers import AutoModelForTokenClassification
 
-    from nlptransfer.distill_losses import kd_loss
-    from nlptransfer.distill_model import DistillationModel
+    from nlptransfer.distill.losses import kd_loss
+    from nlptransfer.distill.model import DistillationModel
 
     student = AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=3)
     model = DistillationModel(student, alpha=0.5, temperature=2.0)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
-from nlptransfer.adapters import LoraArgs, apply_adapter
+from nlptransfer.adapters import AdapterArguments, apply_adapter
 from nlptransfer.config import ConfigError
 from nlptransfer.fusion import (
     FusedLoRALinear,
@@ -32,7 +32,7 @@ def sources(tiny_model, tmp_path_factory) -> list[str]:
     for seed in (1, 2):
         torch.manual_seed(seed)
         model = BertForSequenceClassification.from_pretrained(tiny_model, num_labels=3)
-        peft_model = apply_adapter(model, LoraArgs(peft="lora", lora_r=4), "classification", tiny_model)
+        peft_model = apply_adapter(model, AdapterArguments(peft="lora", lora_r=4), "classification", tiny_model)
         with torch.no_grad():
             for name, param in peft_model.named_parameters():
                 if "lora_B" in name:

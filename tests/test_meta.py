@@ -7,16 +7,16 @@ import random
 import pytest
 import torch
 
-from nlptransfer import ConfigError, ModelArguments, parse_args, read_file
-from nlptransfer.episodes import ClassPool, EpisodeSampler, mean_ci95, split_classes
+from nlptransfer import ConfigError, ModelArguments, RunArguments, parse_args, read_file
 from nlptransfer.meta import (
     META_ALGORITHMS,
-    META_FILE,
     EpisodeLearner,
     MetaArguments,
     episode_accuracy,
     prototype_accuracy,
 )
+from nlptransfer.meta.episodes import ClassPool, EpisodeSampler, mean_ci95, split_classes
+from nlptransfer.runs import META_FILE
 
 from conftest import REPO, make_classification_rows, recipe_args, run_script, tiny_bert_config, write_jsonl
 
@@ -156,7 +156,7 @@ def test_reptile_moves_the_meta_weights_towards_the_adapted_weights(keyword_mode
 def test_fomaml_applies_the_query_gradient_at_the_adapted_weights(keyword_model, keyword_file):
     import torch.nn.functional as F
 
-    from nlptransfer.meta import seeded_dropout
+    from nlptransfer.meta.learner import seeded_dropout
 
     learner = load_learner(keyword_model, keyword_file)
     episode = EpisodeSampler(learner.pool.class_rows, 5, 3, 4, seed=0).episode(0)
@@ -264,13 +264,13 @@ def test_recipe_refuses_a_non_empty_output_dir(keyword_model, keyword_file, tmp_
 def test_bad_flags_name_the_flag(flags, message):
     train = [] if message == "--train_file" else ["--train_file", "train.jsonl"]
     with pytest.raises(ConfigError, match=message):
-        parse_args(ModelArguments, MetaArguments, args=[*train, *flags])
+        parse_args(ModelArguments, MetaArguments, RunArguments, args=[*train, *flags])
 
 
 def test_trec_config_parses():
-    model_args, args = parse_args(
-        ModelArguments, MetaArguments, args=["--config", str(REPO / "recipes/configs/meta_trec.yaml"), "--k_shot", "1"]
-    )
+    config = ["--config", str(REPO / "recipes/configs/meta_trec.yaml"), "--k_shot", "1"]
+    model_args, args, run_args = parse_args(ModelArguments, MetaArguments, RunArguments, args=config)
+    assert run_args.output_dir == "runs/meta_trec"
     assert args.label_column_name == "fine_label" and args.k_shot == 1 and args.algorithm in META_ALGORITHMS
     assert args.eval_budget == (args.inner_steps, args.inner_lr)
 

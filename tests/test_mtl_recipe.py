@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from nlptransfer import (
+    AdapterArguments,
     ConfigError,
-    LoraArgs,
     ModelArguments,
     MultiTaskArguments,
     TrainArguments,
@@ -148,7 +148,7 @@ SHIPPED = sorted(p for p in (REPO / "recipes" / "configs").glob("*.yaml") if "ta
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
 def test_shipped_multi_task_configs_parse_with_the_recipes_arguments(config):
     """A misspelt key or task field in a shipped config fails here, not after minutes of the main job."""
-    recipe_arguments = ModelArguments, MultiTaskArguments, TrainArguments, LoraArgs, TransferArguments
+    recipe_arguments = ModelArguments, MultiTaskArguments, TrainArguments, AdapterArguments, TransferArguments
     _, mtl_args, *_ = parse_args(*recipe_arguments, args=["--config", str(config)])
     assert mtl_args.task_args and all(task.train_file or task.dataset_name for task in mtl_args.task_args)
 

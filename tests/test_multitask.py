@@ -1,8 +1,10 @@
 """MultiTaskModel: routing of mixed batches, gradients for DDP, loss weighting, one-artifact save/load, predict."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,10 +175,69 @@ def test_private_layers_branch_off_the_shared_encoder_for_their_task(tiny_model)
     ):
         with pytest.raises(ValueError, match=message):
             tiny_mtl(tiny_model, **bad)
-    from nlptransfer.adapters import LoraArgs, encoder_adapter_config
+    from nlptransfer.adapters import AdapterArguments, encoder_adapter_config
 
     with pytest.raises(ValueError, match="adapters do not combine"):
-        model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder))
+        model.add_adapter(encoder_adapter_config(AdapterArguments(peft="lora", lora_r=2), model.encoder))
+
+
+def test_parameters_come_part_by_part_across_tasks_as_before_routes(tiny_model):
+    """Every head, then every layer mix, then every private copy, whatever task has them (the layout before
+    routes): optimizers, their saved states and the gradient norm's sum see the order they saw then, also
+    through a wrapper (DDP, distillation)."""
+    model = tiny_mtl(tiny_model, layer_mix=["topic"], private_layers={"ner": 1}, loss_weighting="uncertainty")
+    names = [name for name, _ in model.named_parameters()]
+    parts = [name.split(".")[2] if name.startswith("routes.") else name.split(".")[0] for name in names]
+    assert list(dict.fromkeys(parts)) == ["encoder", "head", "mix", "private", "loss_weighting"]
+    assert list(dict.fromkeys(name.split(".")[1] for name in names if ".head." in name)) == ["topic", "ner"]
+    assert set(names) <= set(model.state_dict())
+    assert [id(p) for p in torch.nn.ModuleList([model]).parameters()] == [id(p) for p in model.parameters()]
+    assert [id(p) for p in model.task_parameters("ner")] == [id(p) for p in model.routes["ner"].parameters()]
+
+
+V1_FOLDER = Path(__file__).parent / "data" / "multitask_v1"
+
+
+def test_a_folder_saved_before_task_routes_loads_with_the_same_outputs(tmp_path):
+    """Format 1 (weights under `heads.`, `layer_mix.`, `private.`; written by tests/data/make_multitask_v1.py on
+    the code before routes) loads with the logits it had; saved again it is the current format, and a folder
+    from a newer nlptransfer is refused."""
+    from safetensors.torch import load_file
+
+    from nlptransfer.runs import MULTITASK_FILE, MULTITASK_FORMAT_VERSION, read_multitask_config
+
+    expected = json.loads((V1_FOLDER / "expected.json").read_text())
+    assert read_multitask_config(V1_FOLDER)["format_version"] == 1 < MULTITASK_FORMAT_VERSION
+    assert any(key.startswith("heads.") for key in load_file(V1_FOLDER / "model.safetensors"))
+    model = MultiTaskModel.from_pretrained(V1_FOLDER)
+    assert list(model.layer_mix) == ["topic"] and model.private_layers == {"ner": 1}
+    assert model.task_weights == {"ner": 2.0} and model.loss_weighting_name == "uncertainty"
+    inputs = model.tokenizer(expected["texts"], padding=True, return_tensors="pt")
+
+    def logits(m: MultiTaskModel) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {name: m(**inputs, task=name).logits[name] for name in m.task_names}
+
+    loaded = logits(model)
+    assert list(loaded) == list(expected["logits"]) == ["topic", "ner", "mood"]
+    for name, values in expected["logits"].items():
+        torch.testing.assert_close(loaded[name], torch.tensor(values), atol=1e-6, rtol=0)
+    labels = [{name: row[name]["label"] for name in ("topic", "mood")} for row in model.predict(expected["texts"])]
+    assert labels == [{name: row[name]["label"] for name in ("topic", "mood")} for row in expected["predictions"]]
+
+    model.save_pretrained(tmp_path / "current")
+    assert read_multitask_config(tmp_path / "current")["format_version"] == MULTITASK_FORMAT_VERSION
+    keys = load_file(tmp_path / "current" / "model.safetensors").keys()
+    assert {key.split(".")[0] for key in keys} == {"encoder", "routes", "loss_weighting"}
+    again = logits(MultiTaskModel.from_pretrained(tmp_path / "current"))
+    assert all(torch.equal(again[name], loaded[name]) for name in loaded)
+
+    shutil.copytree(V1_FOLDER, tmp_path / "newer")
+    config = json.loads((tmp_path / "newer" / MULTITASK_FILE).read_text())
+    config["format_version"] = MULTITASK_FORMAT_VERSION + 1
+    (tmp_path / "newer" / MULTITASK_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"newer nlptransfer \\(format {MULTITASK_FORMAT_VERSION + 1}\\)"):
+        MultiTaskModel.from_pretrained(tmp_path / "newer")
 
 
 def test_unknown_task_and_missing_labels_are_clear(tiny_model):
@@ -212,11 +273,13 @@ print(json.dumps({name: logits.tolist() for name, logits in out.logits.items()})
     ids=["full", "lora", "lora_per_task", "full_layer_mix", "lora_per_task_layer_mix", "full_private_layers"],
 )
 def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter, layer_mix, private):
-    from nlptransfer.adapters import LoraArgs, encoder_adapter_config
+    from nlptransfer.adapters import AdapterArguments, encoder_adapter_config
 
     model = tiny_mtl(tiny_model, layer_mix=layer_mix, private_layers=private)
     if adapter:
-        model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder), adapter == "per_task")
+        model.add_adapter(
+            encoder_adapter_config(AdapterArguments(peft="lora", lora_r=2), model.encoder), adapter == "per_task"
+        )
     with torch.no_grad():  # move every weight away from its initial value, as training would
         for p in model.parameters():
             if p.requires_grad:
@@ -233,7 +296,7 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, 
         from safetensors.torch import load_file
 
         keys = load_file(tmp_path / "mtl" / "model.safetensors").keys()
-        assert keys and all("lora_" in k or k.startswith(("heads.", "loss_weighting.", "layer_mix.")) for k in keys)
+        assert keys and all("lora_" in k or k.startswith(("routes.", "loss_weighting.")) for k in keys)
     assert config["layer_mix"] == layer_mix and config["private_layers"] == private
     done = subprocess.run(
         [sys.executable, "-c", RELOAD, str(tmp_path / "mtl"), str(tmp_path / "batch.pt")],
@@ -275,10 +338,10 @@ def test_entity_decoding_joins_iob2_tags_into_character_spans(tiny_model):
 
 
 def test_per_task_adapters_train_only_the_tasks_in_the_batch(tiny_model):
-    from nlptransfer.adapters import LoraArgs, encoder_adapter_config
+    from nlptransfer.adapters import AdapterArguments, encoder_adapter_config
 
     model = tiny_mtl(tiny_model)
-    model.add_adapter(encoder_adapter_config(LoraArgs(peft="lora", lora_r=2), model.encoder), per_task=True)
+    model.add_adapter(encoder_adapter_config(AdapterArguments(peft="lora", lora_r=2), model.encoder), per_task=True)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(".lora_A.topic." in n for n in names) and any(".lora_A.ner." in n for n in names)
     assert not any(n.startswith("encoder.") and "lora_" not in n for n in names)  # the encoder is frozen
@@ -300,7 +363,7 @@ def test_per_task_adapters_train_only_the_tasks_in_the_batch(tiny_model):
     model(**only_ner, labels={"ner": batch["labels"]["ner"]}).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None for g in grads.values())  # DDP-safe: absent task's adapter gets a zero gradient
-    assert all(float(g.abs().sum()) == 0 for n, g in grads.items() if ".topic." in n or n.startswith("heads.topic"))
+    assert all(float(g.abs().sum()) == 0 for n, g in grads.items() if ".topic." in n or n.startswith("routes.topic."))
     assert any(float(g.abs().sum()) > 0 for n, g in grads.items() if ".lora_A.ner." in n)
 
 
@@ -328,8 +391,8 @@ def test_pair_and_regression_heads_share_the_encoder(tiny_model):
 
 
 def test_teacher_logits_mix_into_each_task_loss_and_anneal_to_the_labels(tiny_model):
-    from nlptransfer.distill_losses import kd_loss
-    from nlptransfer.distill_model import MultiTaskDistillation
+    from nlptransfer.distill.losses import kd_loss
+    from nlptransfer.distill.model import MultiTaskDistillation
 
     model = tiny_mtl(tiny_model, task_weights={"topic": 2.0, "ner": 0.5}).eval()
     batch = mixed_batch(model)

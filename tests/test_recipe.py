@@ -124,16 +124,6 @@ def test_best_model_selection_and_early_stopping(tiny_model, cls_files, tmp_path
     assert results["train_steps"] == 6
 
 
-def test_existing_output_dir_is_not_overwritten(tiny_model, cls_files, tmp_path):
-    out = tmp_path / "taken"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="exists and is not empty; pass --overwrite_output_dir"):
-        run_recipe(recipe_args(tiny_model, cls_files, out, "--max_steps", "1"))
-    assert (out / "precious.txt").read_text() == "keep me"
-    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
-
-
 def test_tensorboard_tracker_logs_eval_metrics(tiny_model, cls_files, tmp_path):
     pytest.importorskip("tensorboard")
     out = tmp_path / "tb"

@@ -3,18 +3,20 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from nlptransfer import TrainArguments, build_optimizer
 from nlptransfer.config import ConfigError
+from nlptransfer.profiling import matmul_shapes, train_flops
 from nlptransfer.training import OPTIMIZERS, resolve_mixed_precision
 
+from bench_finetune import summarise
 from conftest import DATA_DIR, REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_finetune import summarise, train_flops_per_epoch  # noqa: E402
+MINILM = SimpleNamespace(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
 
 
 def train_steps(optim: str) -> torch.nn.Module:
@@ -63,8 +65,11 @@ def test_auto_mixed_precision(monkeypatch):
 def test_train_flops_count_matmuls_and_attention():
     # MiniLM: 6 layers, hidden 384, intermediate 1536 -> 10,616,832 matmul weights
     weights = 6 * (4 * 384 * 384 + 2 * 384 * 1536)
-    assert train_flops_per_epoch([10]) == 3 * (2 * weights * 10 + 6 * 4 * 10 * 10 * 384)
-    assert train_flops_per_epoch([10, 20]) == train_flops_per_epoch([10]) + train_flops_per_epoch([20])
+    assert train_flops([10], MINILM) == 3 * (2 * weights * 10 + 6 * 4 * 10 * 10 * 384)
+    assert train_flops([10, 20], MINILM) == train_flops([10], MINILM) + train_flops([20], MINILM)
+    # the matmuls of one layer's forward, per token: twice its weights
+    per_layer = sum(2 * k * n * count for _, k, n, count in matmul_shapes(MINILM, 1))
+    assert 6 * per_layer == 2 * weights
 
 
 def test_summary_ratios_against_both_trainers():

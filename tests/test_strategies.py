@@ -54,14 +54,14 @@ def test_layer_groups_split_bottom_up(tiny_model):
 
     mtl = MultiTaskModel.from_encoder(tiny_model, [TaskSpec(name="a", kind="classification", labels=["x", "y"])])
     head = names_of(mtl, layer_groups(mtl)[-1])
-    assert head and all(n.startswith(("heads.", "loss_weighting.")) for n in head)
+    assert head and all(n.startswith(("routes.a.head.", "loss_weighting.")) for n in head)
     tasks = [TaskSpec(name="a", kind="classification", labels=["x", "y"]), TaskSpec(name="b", kind="ner", labels=["O"])]
     mtl = MultiTaskModel.from_encoder(tiny_model, tasks, private_layers={"b": 1})
     groups = [names_of(mtl, g) for g in layer_groups(mtl)]
-    assert {n for n in groups[2] if n.startswith("private.")} == {
+    assert {n for n in groups[2] if n.startswith("routes.b.private.")} == {
         n for n, _ in mtl.named_parameters() if "private" in n
     }
-    assert not any(n.startswith("private.") for g in (groups[1], groups[3]) for n in g)  # with the layer it copies
+    assert not any(".private." in n for g in (groups[1], groups[3]) for n in g)  # with the layer it copies
     assert sum(len(g) for g in groups) == len(list(mtl.parameters()))
     # feature extraction freezes the private copies with the encoder, and caches nothing (the copies need the
     # inputs the encoder hands its layers, which cached outputs would skip)

@@ -11,7 +11,6 @@ smaller classes are left out (`EpisodeSampler.skipped`), never sampled with repe
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,8 +20,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from nlptransfer.batching import PaddingCollator
-from nlptransfer.config import ConfigError
 from nlptransfer.data import encode_splits
+from nlptransfer.errors import ConfigError
 from nlptransfer.readers import Records
 from nlptransfer.tasks import TaskSpec
 
@@ -165,12 +164,14 @@ class EpisodeSampler:
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, half-width of its 95% confidence interval): 1.96 * sample std / sqrt(n), normal approximation."""
+    """(mean, half-width of its 95% confidence interval): 1.96 standard errors of the mean
+    (`scipy.stats.sem`, sample std / sqrt(n)), the normal approximation few-shot papers report."""
+    from scipy.stats import sem  # imported here: scipy adds warning filters on import, `import nlptransfer` must not
+
     n = len(values)
     if n == 0:
         raise ValueError("mean_ci95 needs at least one value")
-    mean = sum(values) / n
+    mean = float(np.mean(values))
     if n == 1:
         return mean, float("nan")
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, 1.96 * math.sqrt(variance / n)
+    return mean, 1.96 * float(sem(values))

@@ -1,7 +1,7 @@
 """The student in training: one forward computes its gold-label loss and every distillation loss.
 
 Teacher logits reach the student in the batch (`teacher_logits`, added by `DistillCollator` from
-targets computed once, see `nlptransfer.teacher_targets`), or from a live teacher when hidden
+targets computed once, see `nlptransfer.distill.targets`), or from a live teacher when hidden
 states or attention maps are matched. All losses are computed inside `forward`, so under DDP every
 trainable weight (the hidden-state projections included) takes part in each step, and the Trainer
 stays the fine-tuning one.
@@ -17,9 +17,11 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from nlptransfer.batching import PaddingCollator, pad_targets
-from nlptransfer.config import ConfigError
-from nlptransfer.distill import Teacher
-from nlptransfer.distill_losses import HIDDEN_LOSSES, SOFT_TARGET_LOSSES, attention_kl
+from nlptransfer.distill.arguments import DistillArguments
+from nlptransfer.distill.losses import HIDDEN_LOSSES, SOFT_TARGET_LOSSES, attention_kl, parse_layer_map
+from nlptransfer.distill.teacher import Teacher
+from nlptransfer.encoders import encoder_module
+from nlptransfer.errors import ConfigError
 
 
 @dataclass
@@ -42,6 +44,26 @@ class DistillationModel(nn.Module):
     saved in checkpoints, not wrapped by DDP, and the Trainer's `model.train()` never turns its
     dropout on.
     """
+
+    saved_attribute = "student"  # what a run folder holds: the model this wrapper trains (`runs.save_model`)
+
+    @classmethod
+    def from_arguments(cls, student: nn.Module, teacher: Teacher, args: DistillArguments, kind: str):
+        """The wrapper `args` describe; the teacher stays beside the student only when states are matched
+        (`args.matches_states`), else its logits are already in the batches."""
+        live = args.matches_states
+        layers = (student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+        return cls(
+            student,
+            alpha=args.alpha,
+            temperature=args.temperature,
+            kd_loss=args.kd_loss_for(kind),
+            teacher=teacher if live else None,
+            hidden_loss=args.hidden_loss,
+            hidden_weight=args.hidden_weight,
+            attention_weight=args.attention_weight,
+            layer_map=parse_layer_map(args.layer_map, *layers) if live else (),
+        )
 
     def __init__(
         self,
@@ -86,8 +108,6 @@ class DistillationModel(nn.Module):
     def base_model(self) -> nn.Module:
         """The student's encoder: layer-wise optimizer groups split the student, and the head group
         holds its head and the projections."""
-        from nlptransfer.strategies import encoder_module
-
         return encoder_module(self.student)
 
     def forward(self, teacher_logits: torch.Tensor | None = None, **inputs) -> DistillationOutput | ModelOutput:
@@ -161,6 +181,8 @@ class MultiTaskDistillation(nn.Module):
     ends on the labels. The per-task losses are then weighted as the model weights them. Without
     teacher logits (evaluation) it is the plain model; save `.model`."""
 
+    saved_attribute = "model"  # what a run folder holds: the model this wrapper trains (`runs.save_model`)
+
     def __init__(self, model: nn.Module, alpha: float = 0.5, temperature: float = 1.0, annealing: bool = True):
         super().__init__()
         self.model = model
@@ -169,8 +191,6 @@ class MultiTaskDistillation(nn.Module):
 
     @property
     def base_model(self) -> nn.Module:
-        from nlptransfer.strategies import encoder_module
-
         return encoder_module(self.model)
 
     def set_progress(self, progress: float) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from nlptransfer.batching import PaddingCollator
-from nlptransfer.config import ConfigError
+from nlptransfer.batching import PaddingCollator, without_labels
 from nlptransfer.data import encode_splits
-from nlptransfer.distill import Teacher
-from nlptransfer.readers import DataError, Records, read_file
+from nlptransfer.distill.arguments import DistillArguments
+from nlptransfer.distill.teacher import Teacher
+from nlptransfer.errors import ConfigError, DataError
+from nlptransfer.readers import Records, read_file
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -194,6 +196,40 @@ def cached_teacher_targets(
     metadata = {"teacher": teacher.path, "task": str(teacher.task), "rows": str(len(records)), "source": records.source}
     targets.save(path, metadata)
     return targets, "written"
+
+
+def teacher_labelled_features(
+    teacher: Teacher,
+    splits: dict[str, Records],
+    encoded: dict[str, Encoded],
+    spec: TaskSpec,
+    tokenizer,
+    max_length: int,
+    args: DistillArguments,
+    cache_dir: str | Path | None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[list[dict], str]:
+    """(training features with the teacher's soft targets attached, where the targets came from). With
+    `args.transfer_file`, its unlabelled rows (kept as `splits["transfer"]`) are added: they teach the
+    student through the soft targets alone."""
+    label = partial(
+        cached_teacher_targets,
+        teacher,
+        spec=spec,
+        max_length=max_length,
+        cache_dir=cache_dir if args.cache_teacher else None,
+        batch_size=args.teacher_batch_size,
+        device=device,
+        progress=progress,
+    )
+    targets, status = label(splits["train"])
+    features = targets.attach(encoded["train"])
+    if args.transfer_file:
+        splits["transfer"] = read_transfer_set(args.transfer_file, spec, args.max_transfer_samples)
+        transfer = encode_splits({"train": splits["transfer"]}, spec, tokenizer, max_length)
+        features += without_labels(label(splits["transfer"])[0].attach(transfer["train"]))
+    return features, status
 
 
 # ---- transfer sets: unlabelled rows the teacher labels -------------------------------------------

@@ -1,0 +1,639 @@
+"""Render benchmarks/README.md from benchmarks/results/*.json, and from nothing else.
+
+    python benchmarks/report.py            # rewrite benchmarks/README.md
+    python benchmarks/report.py --check    # exit 1 when benchmarks/README.md is not what the JSONs render to
+
+Every table is rendered from the values of one or more results JSONs and shown with the command that wrote
+each JSON (its `command` field), grouped by benchmark; `--quick` smoke runs come last. A JSON of a benchmark
+this file does not know is listed with its command, so nothing is left out silently. To change what the page
+says, change a renderer here (numbers only ever come from the JSONs); tests/test_report.py fails while the
+committed README.md differs from a fresh render.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from _common import RESULTS, markdown_table
+
+README = RESULTS.parent / "README.md"
+TASK_NAMES = {"trec": "TREC-6", "conll2003": "CoNLL-2003", "conll": "CoNLL-2003", "sst2": "SST-2", "rte": "RTE"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "entity F1"}
+
+
+# ---- formatting ------------------------------------------------------------------------------------------------
+
+
+def num(value, spec: str, suffix: str = "") -> str:
+    """`value` formatted with `spec`, or "-" when the JSON has no such value."""
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def spread(mean, std, spec: str, runs: int) -> str:
+    """`mean ± std` over several runs, the mean alone for one."""
+    if mean is None:
+        return "-"
+    return f"{mean:{spec}}" + (f" ± {std:{spec.lstrip('+')}}" if runs > 1 and std is not None else "")
+
+
+def task_name(task: str) -> str:
+    return TASK_NAMES.get(task, task)
+
+
+def seed_list(seeds: list) -> str:
+    """42-46 for a run of consecutive seeds, else the seeds listed."""
+    seeds = [s for s in seeds if s is not None]
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds) or "-"
+
+
+def settings_line(settings: dict, keys: list[str]) -> str:
+    """`key` value pairs of the settings a JSON records (those present and set)."""
+    parts = [f"`{key}` {settings[key]}" for key in keys if settings.get(key) is not None]
+    return "Settings: " + ", ".join(parts) + "." if parts else ""
+
+
+def targets_list(targets: dict) -> str:
+    """A benchmark's targets as a list: met / not met (per task where the JSON has one flag per task)."""
+
+    def said(flag) -> str:
+        if isinstance(flag, dict):
+            return ", ".join(f"{task_name(k)} {said(v)}" for k, v in flag.items()) or "-"
+        return "met" if flag else "**not met**"
+
+    return "\n".join(f"- {name}: {said(flag)}" for name, flag in targets.items())
+
+
+def gflops(value: float) -> str:
+    return f"{value / 1e9:.0f}"
+
+
+# ---- one renderer per kind of results JSON: (file name, its contents) -> markdown ----------------------------
+
+
+def render_finetune(name: str, data: dict) -> str:
+    metrics = {row["task"]: row["metric"] for row in data["rows"]}
+    header = ["task", "system", "seeds", "test score (mean ± std)", "train time (s)", "vs tuned Trainer"]
+    header += ["vs examples Trainer", "train samples/s", "real tokens/s", "peak RSS (MiB)", "MFU"]
+    table = []
+    for s in data["summary"]:
+        runs = len(s["seeds"])
+        metric = metrics.get(s["task"], "score")
+        table.append(
+            [task_name(s["task"]), s["system"], seed_list(s["seeds"])]
+            + [f"{METRIC_NAMES.get(metric, metric)} {spread(s['score'], s['score_std'], '.4f', runs)}"]
+            + [spread(s["train_runtime_s"], s["train_runtime_s_std"], ".0f", runs)]
+            + [num(s.get(f"time_vs {b}"), ".2f", "x") for b in ("Trainer (tuned)", "Trainer (examples)")]
+            + [num(s["samples_per_second"], ".1f"), num(s["real_tokens_per_second"], ".0f")]
+            + [num(s["peak_rss_mib"], ".0f"), f"{100 * s['mfu']:.1f}% ({s['precision']})"]
+        )
+    peaks = {}
+    for row in data["rows"]:
+        peaks.setdefault(row["precision"], set()).add(row["peak_flops"])
+    measured = "; ".join(
+        f"{precision} {gflops(min(values))}" + (f"-{gflops(max(values))}" if len(values) > 1 else "")
+        for precision, values in sorted(peaks.items())
+    )
+    parts = [
+        markdown_table(header, table),
+        f"MFU is against the matmul peak measured in the invocation that ran each row (GFLOP/s: {measured}).",
+    ]
+    plot = RESULTS / Path(name).with_suffix(".png").name
+    if plot.is_file():
+        parts.append(f"![test score vs training time](results/{plot.name})")
+    return "\n\n".join(parts)
+
+
+def render_trainer(name: str, data: dict) -> str:
+    config, test = data["config"], data["test_metrics"]
+    if "f1" in test:
+        score = f"entity F1 {test['f1']:.4f} (P {test['precision']:.4f}, R {test['recall']:.4f})"
+    else:
+        score = f"accuracy {test['accuracy']:.4f} (macro-F1 {num(test.get('macro_f1'), '.4f')})"
+    validation = [entry["eval_f1"] for entry in data.get("validation_history", []) if "eval_f1" in entry]
+    header = ["task", "padding", "test score", "best validation F1", "train time (s)", "train samples/s"]
+    row = [task_name(data["task"]), config["padding"] + (", grouped" if config.get("group_by_length") else "")]
+    row += [score, num(max(validation) if validation else None, ".4f"), num(data["train_runtime"], ".0f")]
+    row += [num(data["train_samples_per_second"], ".1f")]
+    table = markdown_table([*header, "peak RSS (MiB)"], [[*row, num(data["peak_rss_mib"], ".0f")]])
+    keys = ["model_name_or_path", "epochs", "batch_size", "learning_rate", "seed", "max_seq_length", "bf16"]
+    versions = ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())
+    return "\n\n".join([table, settings_line(config, keys) + f" Device: {data.get('device', '-')}; {versions}."])
+
+
+def render_step(name: str, data: dict) -> str:
+    tasks = list(dict.fromkeys(row["task"] for row in data["rows"]))
+    by = {(row["task"], row["setting"]): row for row in data["rows"]}
+    header = ["setting"] + [f"{task_name(t)} {c}" for t in tasks for c in ("ms/step", "real tokens/s", "MFU")]
+    table = []
+    for setting in dict.fromkeys(row["setting"] for row in data["rows"]):
+        cells = [setting]
+        for task in tasks:
+            row = by.get((task, setting))
+            if row is None:
+                cells += ["-", "-", "-"]
+                continue
+            cells += [f"{row['ms_per_step']:.0f}", f"{row['real_tokens_per_second']:.0f}"]
+            cells += [f"{100 * row['mfu']:.1f}% ({row['precision']})"]
+        table.append(cells)
+    peak = data["peak_flops"]
+    note = f"Matmul peak measured in the same run: fp32 {gflops(peak['fp32'])}, bf16 {gflops(peak['bf16'])} GFLOP/s"
+    return "\n\n".join([markdown_table(header, table), note + f" on {data['threads']} threads."])
+
+
+def render_step_profile(name: str, data: dict) -> str:
+    rows, peak = data["rows"], data["peak_flops"]
+    header = ["kind of operator"] + [f"{task_name(r['task'])} {r['setting']} ({r['precision']})" for r in rows]
+    kinds = list(dict.fromkeys(kind for r in rows for kind in r["share"]))
+    table = [["ms/step (MFU)"] + [f"{r['ms_per_step']:.0f} ({100 * r['mfu']:.1f}%)" for r in rows]]
+    for kind in kinds:
+        table.append(
+            [kind]
+            + [
+                f"{r['ms_per_step_by_kind'][kind]:.1f} ms ({100 * r['share'][kind]:.0f}%)"
+                if kind in r["share"]
+                else "-"
+                for r in rows
+            ]
+        )
+
+    def flops(value, precision) -> str:
+        return "-" if value is None else f"{gflops(value)} G ({100 * value / peak[precision]:.0f}% of peak)"
+
+    table.append(
+        ["matmul FLOP/s inside the step"] + [flops(r["matmul_flops_per_second_in_step"], r["precision"]) for r in rows]
+    )
+    table.append(
+        ["the encoder's matmul shapes timed alone"]
+        + [flops(r["encoder_matmul_shapes_flops_per_second_alone"], r["precision"]) for r in rows]
+    )
+    table.append(["padded tokens per batch"] + [str(r["padded_tokens_per_batch"]) for r in rows])
+    table.append(["RSS before the steps (MiB)"] + [num(r.get("rss_mib_before_steps"), ".0f") for r in rows])
+    table.append(["peak RSS during the steps (MiB)"] + [num(r.get("peak_rss_mib_during_steps"), ".0f") for r in rows])
+    note = f"Matmul peak measured in the same run: fp32 {gflops(peak['fp32'])}, bf16 {gflops(peak['bf16'])} GFLOP/s"
+    return "\n\n".join([markdown_table(header, table), note + f" on {data['threads']} threads."])
+
+
+def render_lora(name: str, data: dict) -> str:
+    header = ["task", "system", "test score", "Δ vs full (points)", "trainable", "saved weights", "train time (s)"]
+    table = [
+        [task_name(r["task"]), r["system"], f"{METRIC_NAMES.get(r['metric'], r['metric'])} {r['score']:.4f}"]
+        + [num(r.get("delta_vs_full_points"), "+.2f"), f"{r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%)"]
+        + [f"{r['saved_weights_mib']:.1f} MiB", num(r["train_runtime_s"], ".0f"), num(r["peak_rss_mib"], ".0f")]
+        + [" ".join(r.get("args", []))]
+        for r in data["rows"]
+    ]
+    return markdown_table([*header, "peak RSS (MiB)", "recipe flags"], table)
+
+
+def mtl_seeds(data: dict) -> list:
+    return data.get("seeds") or [data.get("seed")]
+
+
+def mtl_setting(data: dict) -> str:
+    """What a multi-task JSON's run changed, from its config and flags."""
+    config, parts = data["config"], []
+    for key, label in (("weight", "loss weight"), ("private_layers", "private_layers")):
+        parts += [f"{task_name(t['name'])} {label} {t[key]:g}" for t in config["tasks"] if t.get(key) is not None]
+    born_again = data.get("born_again")
+    if born_again is True or born_again == []:
+        parts.append("single-task teachers for every task")
+    elif born_again:
+        parts.append("single-task teachers for " + ", ".join(task_name(t) for t in born_again))
+    if data.get("recipe_args"):
+        parts.append(f"`{data['recipe_args']}`")
+    return "; ".join(parts) or "every task at loss weight 1"
+
+
+def mtl_average(data: dict) -> tuple[float, float | None, list[float]]:
+    """The average Δ over tasks in points, its standard error over seeds, and the per-seed averages."""
+    rows, summary = data["rows"], data["summary"]
+    per_seed = summary.get("average_delta_per_seed_points")
+    if per_seed is None and all("multi_task_scores" in r for r in rows):
+        per_seed = [
+            statistics.mean(100 * (r["multi_task_scores"][i] - r["single_task_scores"][i]) for r in rows)
+            for i in range(len(rows[0]["multi_task_scores"]))
+        ]
+    average = summary.get("average_delta_points")
+    if average is None:
+        average = statistics.mean(r["delta_points"] for r in rows)
+    stderr = summary.get("average_delta_stderr_points")
+    if stderr is None and per_seed and len(per_seed) > 1:
+        stderr = statistics.stdev(per_seed) / len(per_seed) ** 0.5
+    return average, stderr, per_seed or []
+
+
+def render_mtl(name: str, data: dict) -> str:
+    rows, summary, seeds = data["rows"], data["summary"], mtl_seeds(data)
+    runs = len(seeds)
+    born_again = data.get("born_again") is not None
+    header = ["task", "metric", "multi-task" + (" (born-again)" if born_again else "")]
+    header += ["plain multi-task"] if born_again else []
+    header += ["single-task (same updates)", "Δ test (points)", "Δ validation", "updates (multi / single)"]
+    table = []
+    for r in rows:
+        cells = [task_name(r["task"]), METRIC_NAMES.get(r["metric"], r["metric"]), f"{r['multi_task']:.4f}"]
+        cells += [num(r.get("plain_multi_task"), ".4f")] if born_again else []
+        cells += [f"{r['single_task']:.4f}", spread(r["delta_points"], r.get("delta_std_points"), "+.2f", runs)]
+        cells += [num(r.get("validation_delta_points"), "+.2f")]
+        table.append([*cells, f"{r['multi_task_updates']:.0f} / {r['single_task_updates']:.0f}"])
+    average, stderr, per_seed = mtl_average(data)
+    cells = ["**average**", "", f"{summary['multi_task_average']:.4f}"] + ([""] if born_again else [])
+    cells += [f"{summary['single_task_average']:.4f}", spread(average, stderr, "+.2f", runs)]
+    table.append([*cells, num(summary.get("validation_average_delta_points"), "+.2f"), ""])
+    parts = [
+        f"Setting: {mtl_setting(data)}; seeds {seed_list(seeds)}; model `{data['config']['model_name_or_path']}`. "
+        "Δ: mean ± std of the per-seed difference; the average's ± is its standard error over seeds.",
+        markdown_table(header, table),
+    ]
+    if len(per_seed) > 1:
+        parts.append("Average Δ test per seed (points): " + ", ".join(f"{x:+.2f}" for x in per_seed) + ".")
+    rounds = summary.get("serving_round_speedups")
+    median = f" (median of {len(rounds)} paired rounds)" if rounds and len(rounds) > 1 else ""
+    costs = [
+        ["parameters", f"{summary['multi_task_parameters']:,}", f"{summary['single_task_parameters']:,}"]
+        + [f"{summary['parameter_ratio']:.2f}x"],
+        [f"training time (seed {seeds[0]}, s)", f"{summary['multi_task_train_s']:.0f}"]
+        + [
+            f"{summary['single_task_train_s']:.0f}",
+            f"{summary['multi_task_train_s'] / summary['single_task_train_s']:.2f}x",
+        ],
+        [f"serving, texts/s ({summary['serving_texts']} texts)", f"{summary['multi_task_texts_per_s']:.1f}"]
+        + [f"{summary['single_task_models_texts_per_s']:.1f}", f"{summary['serving_speedup']:.2f}x{median}"],
+    ]
+    parts.append(markdown_table(["", "multi-task (1 model)", f"single-task ({len(rows)} models)", "ratio"], costs))
+    if summary.get("targets"):
+        parts.append("Targets:\n" + targets_list(summary["targets"]))
+    return "\n\n".join(parts)
+
+
+def render_mtl_settings(files: list[tuple[str, dict]]) -> str:
+    """One row per multi-task JSON: the per-task and average Δs, parameters and serving, side by side."""
+    tasks = list(dict.fromkeys(r["task"] for _, data in files for r in data["rows"]))
+    header = ["JSON", "setting", "seeds"] + [f"{task_name(t)} Δ" for t in tasks]
+    header += ["average Δ test", "average Δ validation", "parameters", "serving"]
+    table, model = [], files[0][1]["config"]["model_name_or_path"]
+    for name, data in files:
+        by_task = {r["task"]: r for r in data["rows"]}
+        setting = mtl_setting(data)
+        if data["config"]["model_name_or_path"] != model:
+            setting += f"; model `{data['config']['model_name_or_path']}`"
+        average, stderr, _ = mtl_average(data)
+        summary, seeds = data["summary"], mtl_seeds(data)
+        table.append(
+            [f"`{name}`", setting, seed_list(seeds)]
+            + [num(by_task[t]["delta_points"] if t in by_task else None, "+.2f") for t in tasks]
+            + [spread(average, stderr, "+.2f", len(seeds)), num(summary.get("validation_average_delta_points"), "+.2f")]
+            + [f"{summary['parameter_ratio']:.2f}x", f"{summary['serving_speedup']:.2f}x"]
+        )
+    return markdown_table(header, table)
+
+
+def render_distill(name: str, data: dict) -> str:
+    entries = data.get("summary") or [{**row, "scores": [row["score"]], "score_std": 0.0} for row in data["rows"]]
+    header = ["task", "model", "layers", "init", "test score", "% of teacher", "Δ vs labels only (points)"]
+    header += ["parameters", "examples/s", "speed-up vs teacher"]
+    table = []
+    for e in entries:
+        runs = len(e["scores"])
+        score = f"{METRIC_NAMES.get(e['metric'], e['metric'])} {spread(e['score'], e['score_std'], '.4f', runs)}"
+        if runs > 1:
+            score += " (" + ", ".join(f"{s:.4f}" for s in e["scores"]) + ")"
+        if e.get("transfer_rows"):
+            score += f"; {e['transfer_rows']:,} transfer rows"
+        table.append(
+            [
+                task_name(e["task"]),
+                e["model"],
+                e["layers"],
+                e["init"],
+                score,
+                num(e.get("retained_percent"), ".1f", "%"),
+            ]
+            + [spread(e.get("delta_vs_labels_only_points"), e.get("delta_std_points"), "+.2f", runs)]
+            + [num(e.get("parameters"), ".1f") if e.get("parameters") is None else f"{e['parameters'] / 1e6:.1f}M"]
+            + [num(e.get("examples_per_second"), ".0f"), num(e.get("speedup_vs_teacher"), ".2f", "x")]
+        )
+    parts = [markdown_table(header, table)]
+    seeds = sorted({s for e in entries for s in e.get("seeds", []) if s is not None})
+    if len(seeds) > 1:
+        parts.append(
+            f"Cut students over seeds {seed_list(seeds)}: mean ± std, per seed in parentheses; Δ paired by seed."
+        )
+    if data.get("targets"):
+        parts.append("Targets:\n" + targets_list(data["targets"]))
+    return "\n\n".join(parts)
+
+
+def render_transferability(name: str, data: dict) -> str:
+    header = ["task", "candidate", "LogME", "H-score", "scoring time (s)", "fine-tuned test score"]
+    table = [
+        [task_name(r["task"]), f"`{r['candidate']}`", f"{r['logme']:.4f}", f"{r['hscore']:.3f}"]
+        + [f"{r['score_seconds']:.1f}", f"{METRIC_NAMES.get(r['metric'], r['metric'])} {r['fine_tuned_test']:.4f}"]
+        + [f"{r['fine_tune_seconds']:.0f}"]
+        for r in data["rows"]
+    ]
+    correlations = [
+        [task_name(c["task"]), c["candidates"], f"{c['kendall_tau_b_logme']:+.2f}", f"{c['kendall_tau_b_hscore']:+.2f}"]
+        for c in data["correlations"]
+    ]
+    keys = ["score_examples", "max_train_samples", "max_test_samples", "epochs", "learning_rate", "seed", "cpu_threads"]
+    parts = [
+        settings_line(data["settings"], keys),
+        markdown_table([*header, "fine-tuning time (s)"], table),
+        markdown_table(["task", "candidates", "Kendall τ_b, LogME", "Kendall τ_b, H-score"], correlations),
+    ]
+    parts += [f"Skipped `{s['candidate']}`: {s['reason']}" for s in data.get("skipped", [])]
+    return "\n\n".join(parts)
+
+
+def render_domain(name: str, data: dict) -> str:
+    directions = list(dict.fromkeys(s["direction"] for s in data["summary"]))
+    by = {(s["direction"], s["method"]): s for s in data["summary"]}
+    average = data.get("average", {})
+    header = ["method", *(d.replace(" -> ", " → ") for d in directions), "average", "vs source-only (points)"]
+    table = []
+    for method in dict.fromkeys(s["method"] for s in data["summary"]):
+        cells = [method]
+        for direction in directions:
+            s = by.get((direction, method))
+            if s is None:
+                cells.append("-")
+                continue
+            cell = spread(s["mean"], s["std"], ".4f", len(s["scores"]))
+            if len(s["scores"]) > 1:
+                cell += " (" + ", ".join(f"{x:.4f}" for x in s["scores"]) + ")"
+            cells.append(cell)
+        value, base = average.get(method), average.get("source_only")
+        delta = None if value is None or base is None or method == "source_only" else 100 * (value - base)
+        table.append([*cells, num(value, ".4f"), num(delta, "+.2f")])
+    chosen = [r["chosen"] for r in data["rows"] if r.get("chosen")]
+    parts = [
+        f"Seeds {seed_list(data.get('seeds', []))}; recipe flags `{' '.join(data.get('args', []))}`.",
+        markdown_table(header, table),
+    ]
+    if chosen:
+        counts = ", ".join(f"`{m}` {chosen.count(m)} of {len(chosen)}" for m in dict.fromkeys(chosen))
+        parts.append(f"DEV chose (per direction and seed): {counts}.")
+    return "\n\n".join(parts)
+
+
+def render_fewshot(name: str, data: dict) -> str:
+    shots = data["settings"]["shots"]
+    by = {(r["start"], r["shot"]): r for r in data["rows"]}
+    header = ["start", *(f"{k}-shot {m}" for k in shots for m in ("fine-tuned", "prototype"))]
+    table = []
+    for start in data["starts"]:
+        cells = [start["start"]]
+        for k in shots:
+            r = by.get((start["start"], k))
+            for m in ("finetuned", "prototype"):
+                cells.append("-" if r is None else f"{100 * r[f'{m}_accuracy']:.1f} ± {100 * r[f'{m}_ci95']:.1f}")
+        table.append(cells)
+    paired = [
+        [p["a"], p["b"], f"{p['shot']}-shot", p["method"], f"{p['diff_points']:+.1f} ± {p['ci95_points']:.1f}"]
+        for p in data["paired"]
+    ]
+    keys = ["episodes", "n_way", "query", "finetune_steps", "finetune_lr", "meta_steps", "meta_batch_size"]
+    keys += ["inner_steps", "inner_lr", "meta_k_shot", "multitask_epochs", "multitask_steps", "seed", "cpu_threads"]
+    split = data.get("class_split", {})
+    classes = (
+        f" Fine classes: {len(split.get('meta_train', []))} meta-train, {len(split.get('meta_test', []))} meta-test."
+    )
+    parts = [
+        settings_line(data["settings"], keys) + classes,
+        "Mean query accuracy ± 95% CI (%):",
+        markdown_table(header, table),
+        "Paired differences on the same episodes (points ± 95% CI):",
+        markdown_table(["start", "against", "shots", "scored", "difference"], paired),
+    ]
+    if data.get("targets"):
+        parts.append("Targets:\n" + targets_list(data["targets"]))
+    return "\n\n".join(parts)
+
+
+def render_fusion(name: str, data: dict) -> str:
+    targets = list(dict.fromkeys(s["target"] for s in data["summary"]))
+    by = {(s["target"], s["system"]): s for s in data["summary"]}
+    trainable = {(r["target"], r["system"]): r.get("trainable_parameters") for r in data["rows"]}
+    header = ["system"] + [c for t in targets for c in (t, "Δ (points)")] + ["trained parameters"]
+    table = []
+    for system in dict.fromkeys(s["system"] for s in data["summary"]):
+        cells = [system]
+        for target in targets:
+            s = by.get((target, system))
+            if s is None:
+                cells += ["(left out)", ""]
+                continue
+            delta = "" if s["system"] == "head only (no source)" else num(s.get("delta_points"), "+.1f")
+            if s.get("negative_transfer_beyond_noise"):
+                delta = f"**{delta}**"
+            cells += [spread(s["accuracy"], s["std"], ".3f", len(s["scores"])), delta]
+        counts = dict.fromkeys(trainable.get((t, system)) for t in targets if trainable.get((t, system)) is not None)
+        table.append([*cells, " / ".join(f"{c:,}" for c in counts) or "-"])
+    keys = ["sources", "source_rows", "source_epochs", "sst2_rows", "sst2_epochs", "rte_epochs", "seeds", "head_lr"]
+    settings = {**data["settings"], "sources": ", ".join(data["settings"].get("sources", [])) or None}
+    settings["seeds"] = seed_list(data["settings"].get("seeds", [])) or None
+    keys += ["target_lora_lr", "lora_lr", "jobs"]
+    return "\n\n".join([settings_line(settings, keys), markdown_table(header, table)])
+
+
+def render_main_job(name: str, data: dict) -> str:
+    rows = [
+        [task_name(task), METRIC_NAMES.get(data["metrics"][task], data["metrics"][task]), num(score, ".4f")]
+        for task, score in data["test_scores"].items()
+    ]
+    timing = (
+        f"Wall time of the launch command {num(data['wall_seconds'], '.0f')} s, of which training "
+        f"{num(data['train_runtime'], '.0f')} s ({data['train_mixed_precision']}); validation average "
+        f"{num(data['eval_average'], '.4f')}, test average {num(data['test_average'], '.4f')}."
+    )
+    return "\n\n".join([markdown_table(["task", "metric", "test"], rows), timing])
+
+
+# ---- the page ------------------------------------------------------------------------------------------------
+
+# benchmark -> (title, what it compares: no numbers here, they all come from the JSONs)
+BENCHMARKS = {
+    "main_job": (
+        "The README's main job",
+        "`bench_main_job.py`: the launch half of the README's first set-up command, word for word, after its "
+        "install: one MiniLM encoder trained on TREC-6, SST-2 and CoNLL-2003 at once (the shipped config).",
+    ),
+    "finetune": (
+        "Fine-tuning speed and quality vs the transformers Trainer",
+        "`bench_finetune.py`: `recipes/finetune.py` with its defaults against a plain transformers `Trainer` set up "
+        "as the official examples do (`trainer_baseline.py`, every row padded to the maximum length) and tuned "
+        "(dynamic padding, length-grouped batches), plus opt-in nlptransfer ablations; each system in its own "
+        "process on the same data, model, seeds, epochs, batch size and learning rate. Train time is the training "
+        "loop (with its per-epoch validation where there is one); MFU is the model FLOPs of the real tokens over "
+        "the training-step time and this machine's matmul peak.",
+    ),
+    "trainer": (
+        "Reference: the transformers Trainer as the examples set it up",
+        "`trainer_baseline.py`: a plain `Trainer` following `run_glue.py` / `run_ner.py` (first sub-word labelled, "
+        "best model on validation F1 for NER).",
+    ),
+    "step": (
+        "What a training step costs",
+        "`bench_step.py`: the fine-tuning recipe's model, batches and optimizer with one setting changed at a time, "
+        "timed on the same batches (the best round counts). `profile_step.py`: torch.profiler over the same steps, "
+        "self time per kind of operator scaled to the un-profiled ms/step of the same run, and the encoder's own "
+        "matmul shapes timed alone.",
+    ),
+    "lora": (
+        "LoRA vs full fine-tuning",
+        "`bench_lora.py`: each system runs `recipes/finetune.py` in its own process with the same seed and batch "
+        "size; LoRA gets its own learning rate and epochs (the recipe flags column).",
+    ),
+    "mtl": (
+        "Multi-task vs single-task",
+        "`bench_mtl.py`: per seed, one multi-task model against single-task models trained for as many updates as "
+        "each task got in the multi-task run (same seed and settings). Δ is in points, multi-task minus "
+        "single-task; validation Δ is what settings are chosen on (test never). Serving times one multi-task "
+        "`predict` over every task against the single-task models, back to back in paired rounds. Each JSON holds "
+        "the config it ran.",
+    ),
+    "distill": (
+        "Distillation",
+        "`bench_distill.py`: students cut from a fine-tuned MiniLM teacher's layers, trained on the labels only or "
+        "distilled, and MiniLM distilled from a fine-tuned mpnet teacher (MiniLM fine-tuned on the labels is its "
+        "labels-only baseline). Throughput: forward passes over the test set, all models of a task in one process.",
+    ),
+    "transferability": (
+        "Transferability scores vs fine-tuning",
+        "`bench_transferability.py`: LogME and H-score of each candidate encoder's frozen features, then every "
+        "candidate fine-tuned with the same budget; Kendall's τ_b between each score and the fine-tuned result.",
+    ),
+    "domain": (
+        "Adversarial domain adaptation",
+        "`bench_domain.py`: Amazon reviews, target-domain test accuracy, mean ± std over seeds (per seed in "
+        "parentheses). `dann W im I`: domain loss weight W and information maximisation on the target rows at "
+        "weight I (`dann 0 im I`: that term alone); `target_only` is the in-domain ceiling; the DEV-chosen row "
+        "takes, per direction and seed, the adversarial setting with the lowest DEV risk (no target labels).",
+    ),
+    "fewshot": (
+        "Few-shot transfer to unseen classes",
+        "`bench_fewshot.py`: TREC's fine classes split into meta-train and meta-test groups; every start is "
+        "fine-tuned on each meta-test episode's support set (the same episodes for all) and also scored as a "
+        "prototype classifier on frozen features.",
+    ),
+    "fusion": (
+        "Multi-source adapter fusion",
+        "`bench_fusion.py`: LoRA adapters trained on source tasks, folded into the frozen encoder for a low-data "
+        "target (one source, a uniform merge, a learned per-layer mix), against a head on the plain frozen encoder "
+        "and a fresh LoRA adapter on the target. Accuracy, mean ± std over seeds; Δ in points against the head only, "
+        "in bold where it is below by more than the std over seeds.",
+    ),
+}
+RENDERERS: dict[str, Callable[[str, dict], str]] = {
+    "main_job": render_main_job,
+    "finetune": render_finetune,
+    "trainer": render_trainer,
+    "step": render_step,
+    "step_profile": render_step_profile,
+    "lora": render_lora,
+    "mtl": render_mtl,
+    "distill": render_distill,
+    "transferability": render_transferability,
+    "domain": render_domain,
+    "fewshot": render_fewshot,
+    "fusion": render_fusion,
+}
+
+
+def benchmark_of(name: str) -> str | None:
+    """The benchmark a results file belongs to: its name up to the first `_` that one of BENCHMARKS matches."""
+    stem = Path(name).stem
+    return next((key for key in BENCHMARKS if stem == key or stem.startswith(key + "_")), None)
+
+
+def is_quick(data: dict, name: str) -> bool:
+    return bool(data.get("quick") or data.get("settings", {}).get("quick")) or Path(name).stem.endswith("_quick")
+
+
+def slug(title: str) -> str:
+    """GitHub's anchor for a heading of plain words."""
+    return "-".join("".join(c for c in title.lower() if c.isalnum() or c in " -").split(" "))
+
+
+def file_block(name: str, data: dict, level: str = "###") -> str:
+    """A results file's heading, the command that wrote it, the machine it names, and its tables."""
+    parts = [f"{level} `{name}`", "```bash\n" + data.get("command", "# (no command recorded)") + "\n```"]
+    machine = data.get("machine")
+    if machine:
+        cpu = f"{machine.get('cpu')} ({machine.get('cpu_cores')} cores usable"
+        cpu += f"; {', '.join(machine['cpu_flags'])})" if machine.get("cpu_flags") else ")"
+        gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+        versions = ", ".join(f"{k} {machine[k]}" for k in ("torch", "transformers") if machine.get(k))
+        parts.append(f"Machine: {cpu}{gpu}; {versions}.")
+    stem = Path(name).stem
+    renderer = RENDERERS.get(stem) or RENDERERS[benchmark_of(name)]
+    parts.append(renderer(name, data))
+    return "\n\n".join(parts)
+
+
+def load(results: Path = RESULTS) -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted(results.glob("*.json"))}
+
+
+def render(results: Path = RESULTS) -> str:
+    """The whole README.md for the JSONs in `results`."""
+    files = load(results)
+    sections, quick, unknown = [], [], []
+    for key, (title, about) in BENCHMARKS.items():
+        mine = [(n, d) for n, d in files.items() if benchmark_of(n) == key]
+        quick += [(n, d) for n, d in mine if is_quick(d, n)]
+        full = sorted(
+            (item for item in mine if not is_quick(item[1], item[0])), key=lambda item: item[0] != f"{key}.json"
+        )
+        if not full:
+            continue
+        blocks = [f"## {title}", about]
+        if key == "mtl" and len(full) > 1:
+            blocks += ["Every multi-task JSON side by side (details of each below):", render_mtl_settings(full)]
+        blocks += [file_block(n, d) for n, d in full]
+        sections.append((title, "\n\n".join(blocks)))
+    if quick:
+        blocks = [
+            "## Smoke runs (`--quick`)",
+            "Tiny budgets that check a benchmark runs end to end; their numbers say nothing about the methods.",
+        ]
+        sections.append(("Smoke runs (--quick)", "\n\n".join(blocks + [file_block(n, d) for n, d in quick])))
+    unknown = [(n, d) for n, d in files.items() if benchmark_of(n) is None]
+    if unknown:
+        blocks = ["## Other results", "JSONs of no benchmark `report.py` knows (add a renderer):"]
+        blocks += [f"- `{n}`: `{d.get('command', '(no command recorded)')}`" for n, d in unknown]
+        sections.append(("Other results", "\n".join(blocks[:1]) + "\n\n" + "\n".join(blocks[1:])))
+    head = [
+        "# Benchmark results",
+        "<!-- Generated by `python benchmarks/report.py` from benchmarks/results/*.json: do not edit by hand. -->",
+        "This page is generated by `python benchmarks/report.py` from the JSON files in [`results/`](results/), and "
+        "from nothing else: every number below comes from one of them, and each table names its file and the "
+        "command that wrote it (the JSON's `command` field). After a benchmark writes a JSON, run "
+        "`python benchmarks/report.py`; `tests/test_report.py` fails while this page is out of date.",
+        "\n".join(f"- [{title}](#{slug(title)})" for title, _ in sections),
+    ]
+    return "\n\n".join(head + [body for _, body in sections]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when README.md differs from a fresh render")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        if not README.is_file() or README.read_text() != text:
+            sys.exit(f"{README} is out of date: run `python benchmarks/report.py`")
+        print(f"{README} is up to date")
+        return
+    README.write_text(text)
+    print(f"written to {README}")
+
+
+if __name__ == "__main__":
+    main()
