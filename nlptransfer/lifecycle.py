@@ -155,6 +155,9 @@ def fit(
     their own LR (learned loss weights, layer mixes, a domain classifier); `callbacks` run before every
     training batch with the trainer (its `state.step` and `max_steps` give the progress)."""
     optimizer = build_optimizer(model, args, transfer.layerwise_lr_decay if transfer else None, own_lr)
+    if plugin := accelerator.state.deepspeed_plugin:  # our batch samplers leave DataLoader.batch_size unset
+        batch_size = getattr(train_loader.batch_sampler, "batch_size", None) or args.per_device_train_batch_size
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_sets = _prepare_loaders(accelerator, eval_sets)
     steps = total_steps(len(train_loader), args)
@@ -186,7 +189,10 @@ def fit(
         max_steps=steps,
     )
     results = trainer.train()
-    trainer.load_best()
+    if trainer.load_best():  # what selection saw, to check the restored model against
+        results.update(
+            best_metric=trainer.state.best_metric, best_step=trainer.state.best_step, best_metric_name=metric
+        )
     for split in eval_sets:
         results.update({f"{split_prefix(split)}_{key}": value for key, value in score(split)().items()})
     return Fitted(model, results, trainer, [optimizer, scheduler, train_loader, eval_sets])

@@ -17,8 +17,8 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from safetensors.torch import load_model, save_model
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -29,6 +29,8 @@ from nlptransfer.errors import CheckpointNotFoundError, ConfigError, OutputDirEr
 from nlptransfer.strategies import optimizer_groups
 
 logger = logging.getLogger(__name__)
+
+BEST_WEIGHTS = "model.safetensors"  # checkpoints/best_model/: the best validation weights of the run so far
 
 LossTerm = Callable[[torch.nn.Module, dict, object], torch.Tensor]
 """An extra loss: (model, batch, outputs) -> scalar added to the task loss (L2-SP, distillation...)."""
@@ -94,7 +96,7 @@ def start_run(args: RunArguments, project: str = "nlptransfer", configs: Sequenc
     kwargs = args.accelerator_kwargs()
     if "mixed_precision" in kwargs:
         kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"])
-    accelerator = Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs, kwargs_handlers=deepspeed_on_cpu())
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.ERROR,
@@ -111,8 +113,34 @@ def start_run(args: RunArguments, project: str = "nlptransfer", configs: Sequenc
     return accelerator
 
 
+def deepspeed_on_cpu() -> list:
+    """What DeepSpeed needs to run on CPU processes (gloo), where accelerate alone gets it wrong.
+
+    Under `accelerate launch --use_deepspeed` without a GPU, accelerate finds no backend for the device, starts
+    DeepSpeed's process group anyway and then reports every rank as process 0 of 1 (each one "main", each one
+    saving). Naming gloo as the backend gives the real ranks; DS_ACCELERATOR=cpu makes DeepSpeed's own ops use
+    the CPU. (`--cpu`/ACCELERATE_USE_CPU=1 is no way out: with it accelerate drops DeepSpeed for plain DDP.)
+    """
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not deepspeed or torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true":
+        return []
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return [InitProcessGroupKwargs(backend="gloo")]
+
+
+def engine_of(accelerator: Accelerator) -> dict:
+    """The engine a run really had, for its results: distributed type, ZeRO stage (DeepSpeed), world size."""
+    plugin = accelerator.state.deepspeed_plugin
+    return {
+        "train_distributed_type": str(accelerator.distributed_type.value),
+        "train_zero_stage": plugin.zero_stage if plugin is not None else None,
+        "train_num_processes": accelerator.num_processes,
+    }
+
+
 def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
-    """True when every process holds bit-identical weights (per-tensor sums and sums of squares, gathered)."""
+    """True when every process's per-tensor sums and sums of squares of its weights (in float64) equal those of
+    process 0: a fingerprint of the weights, not a bit-for-bit comparison."""
     params = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
     fingerprint = torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten()
     gathered = accelerator.gather(fingerprint.to(accelerator.device)[None])
@@ -308,20 +336,28 @@ class Trainer:
         return metrics
 
     def _save_best(self) -> None:
-        self.accelerator.wait_for_everyone()
+        """The best weights so far, gathered through accelerate (every process calls this): under DeepSpeed the
+        module's tensors are views into flat buffers (ZeRO-1/2) or empty partitions (ZeRO-3), so safetensors
+        could not save them directly."""
+        state = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             tmp = self.checkpoint_dir / ".tmp-best_model"
             tmp.mkdir(parents=True, exist_ok=True)
-            save_model(self.accelerator.unwrap_model(self.model), str(tmp / "model.safetensors"))
+            save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp / BEST_WEIGHTS))
             shutil.rmtree(self.best_dir, ignore_errors=True)
             tmp.rename(self.best_dir)
         self.accelerator.wait_for_everyone()
 
     def load_best(self) -> bool:
-        """Put the best validation weights back into the model; False if no selection happened."""
-        if self.state.best_step is None or not (self.best_dir / "model.safetensors").exists():
+        """Put the best validation weights back into the model; False if no selection happened.
+
+        Every process reads the copy (one machine, or a folder the machines share). Under ZeRO-1/2 this sets the
+        module's weights, which evaluation and saving read; the optimizer's own fp32 copy is not restored, so
+        training does not go on from here."""
+        if self.state.best_step is None or not (self.best_dir / BEST_WEIGHTS).exists():
             return False
-        load_model(self.accelerator.unwrap_model(self.model), str(self.best_dir / "model.safetensors"))
+        self.accelerator.wait_for_everyone()
+        self.unwrapped.load_state_dict(load_file(str(self.best_dir / BEST_WEIGHTS)), strict=True)
         self.accelerator.print(
             f"loaded the best model (step {self.state.best_step}, eval_{self.metric}={self.state.best_metric:.4f})"
         )
@@ -417,7 +453,7 @@ class Trainer:
             "train_steps_per_second": state.step / runtime if runtime else 0.0,
             "train_loss": state.train_loss_sum / max(state.train_loss_count, 1),
             "train_steps": state.step,
-            "train_num_processes": accelerator.num_processes,
+            **engine_of(accelerator),
             "train_mixed_precision": accelerator.mixed_precision,
             "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_loader), 1),
         }

