@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, recipe_args
 from test_adapters import LORA
@@ -54,3 +55,27 @@ def test_zero_finetune_on_two_cpu_processes_selects_saves_and_reloads(stage, ada
     reloaded = subprocess.run(reload, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert reloaded.returncode == 0, reloaded.stderr[-2000:]
     assert json.loads(reloaded.stdout.strip().splitlines()[-1]) == results["test_accuracy"]
+
+
+def test_zero2_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tiny_model, cls_files, tmp_path):
+    """Stopped right after its step-6 checkpoint (DeepSpeed engine, optimizer partitions, RNG, data position) and
+    resumed, a ZeRO-2 run ends bit-identical to one that never stopped. A constant LR keeps the schedule
+    independent of --max_steps, which the two halves differ in."""
+    from safetensors.torch import load_file
+
+    common = ["--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--lr_scheduler_type", "constant"]
+    common += ["--warmup_ratio", "0", "--eval_strategy", "no", "--cpu_threads", "1", "--mixed_precision", "no"]
+    runs = {
+        "whole": ["--max_steps", "12"],
+        "first half": ["--max_steps", "6", "--checkpointing_steps", "6"],
+        "resumed": ["--max_steps", "12", "--resume_from_checkpoint", "latest"],
+    }
+    for name, extra in runs.items():
+        out = tmp_path / ("whole" if name == "whole" else "stopped")
+        done = launch("deepspeed_zero2.yaml", "finetune.py", recipe_args(tiny_model, cls_files, out, *common, *extra))
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    assert "resumed from" in done.stdout and "step_6" in done.stdout
+    whole, resumed = (json.loads((tmp_path / run / "all_results.json").read_text()) for run in ("whole", "stopped"))
+    assert resumed["train_zero_stage"] == 2 and resumed["train_num_processes"] == 2 and resumed["train_steps"] == 12
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "stopped"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
