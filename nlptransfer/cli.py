@@ -81,15 +81,12 @@ def cmd_rank_models(args: argparse.Namespace) -> int:
     from nlptransfer.config import DataArguments
     from nlptransfer.transferability import TRANSFERABILITY_SCORES, Candidate, rank_models
 
-    def fail(message: str) -> int:  # the run_main format: one line, exit status 2
-        raise ConfigError(message)
-
     if args.score not in TRANSFERABILITY_SCORES:
-        return fail(f"--score {args.score!r} is not known; choose one of {', '.join(TRANSFERABILITY_SCORES)}")
+        raise ConfigError(f"--score {args.score!r} is not known; choose one of {', '.join(TRANSFERABILITY_SCORES)}")
     if not Path(args.train_file).expanduser().is_file():
-        return fail(f"--train_file {args.train_file}: no such file")
+        raise ConfigError(f"--train_file {args.train_file}: no such file")
     if args.max_examples is not None and args.max_examples < 2:
-        return fail(f"--max_examples must be at least 2, got {args.max_examples}")
+        raise ConfigError(f"--max_examples must be at least 2, got {args.max_examples}")
     try:  # a ValueError of a candidate's option is the user's too
         candidates = [Candidate.parse(name) for name in args.models]
         data_args = DataArguments(
@@ -106,7 +103,7 @@ def cmd_rank_models(args: argparse.Namespace) -> int:
     except ValueError as err:
         if isinstance(err, NlptransferError):
             raise
-        return fail(str(err))
+        raise ConfigError(str(err)) from err
     width = max(len("model"), *(len(r.candidate) for r in ranking))
     print(f"{'rank':>4}  {'model':<{width}}  {args.score:>10}  {'seconds':>8}")
     for rank, row in enumerate(ranking, start=1):
@@ -125,7 +122,7 @@ def cmd_rank_models(args: argparse.Namespace) -> int:
         try:
             Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
         except OSError as err:
-            return fail(f"--output {args.output}: {err.strerror or err}")
+            raise ConfigError(f"--output {args.output}: {err.strerror or err}") from err
         print(f"written to {args.output}")
     return 0
 

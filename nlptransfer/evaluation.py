@@ -83,7 +83,7 @@ def evaluate_tasks(
     metrics, main = {}, []
     for name, loader in loaders.items():
         scores = evaluate(accelerator, model, loader, encoded[name][split], specs[name], task=name)
-        metrics.update({f"{name}_{key}": value for key, value in scores.items()})
+        metrics.update(prefixed(scores, name))
         main.append(scores[TASK_KINDS[specs[name].kind].default_metric])
     if main:
         metrics["average"] = sum(main) / len(main)

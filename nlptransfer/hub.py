@@ -28,6 +28,7 @@ from nlptransfer.runs import (
     MULTITASK_FILE,
     RESULTS_FILE,
     TASK_FILE,
+    read_json,
     run_kind,
 )
 from nlptransfer.tasks import TASK_KINDS
@@ -263,7 +264,7 @@ def build_multitask_card(run_dir: str | Path, repo_id: str) -> ModelCard:
     """A card for a `MultiTaskModel` folder: every task with its labels and per-task metrics as a model-index."""
     run = Path(run_dir)
     model = json.loads((run / MULTITASK_FILE).read_text())
-    results = json.loads((run / RESULTS_FILE).read_text()) if (run / RESULTS_FILE).is_file() else {}
+    results = read_json(run / RESULTS_FILE, {})
     config = yaml.safe_load((run / CONFIG_FILE).read_text()) if (run / CONFIG_FILE).is_file() else {}
     tasks = model["tasks"]
     eval_results, rows = [], []

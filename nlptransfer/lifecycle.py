@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from nlptransfer.batching import eval_dataloader, with_task
 from nlptransfer.config import RunArguments, TrainArguments, TransferArguments, save_config
-from nlptransfer.evaluation import evaluate, evaluate_tasks
+from nlptransfer.evaluation import evaluate, evaluate_tasks, prefixed
 from nlptransfer.hub import push_run
 from nlptransfer.runs import CONFIG_FILE, write_results
 from nlptransfer.strategies import L2SP, gradual_unfreezing
@@ -127,9 +127,7 @@ def _prepare_loaders(accelerator: Accelerator, eval_sets: Mapping[str, EvalSet])
     prepared = {}
     for split, eval_set in eval_sets.items():
         if isinstance(eval_set.loaders, Mapping):
-            names = list(eval_set.loaders)
-            loaders = accelerator.prepare(*eval_set.loaders.values()) if names else ()
-            loaders = dict(zip(names, loaders if len(names) > 1 else [loaders]))
+            loaders = {name: accelerator.prepare(loader) for name, loader in eval_set.loaders.items()}
         else:
             loaders = accelerator.prepare(eval_set.loaders)
         prepared[split] = EvalSet(loaders, eval_set.score, eval_set.main_metric)
@@ -194,7 +192,7 @@ def fit(
             best_metric=trainer.state.best_metric, best_step=trainer.state.best_step, best_metric_name=metric
         )
     for split in eval_sets:
-        results.update({f"{split_prefix(split)}_{key}": value for key, value in score(split)().items()})
+        results.update(prefixed(score(split)(), split_prefix(split)))
     return Fitted(model, results, trainer, [optimizer, scheduler, train_loader, eval_sets])
 
 

@@ -117,14 +117,15 @@ def save_model(accelerator, output_dir: str | Path, model, tokenizer=None) -> di
     return added
 
 
-def save_run(accelerator, output_dir: str | Path, model, tokenizer, results: dict, spec, base_model: str) -> None:
-    """A single-task run folder: the gathered weights (or the adapter with its head), the tokenizer, the
-    task's label names (`nlptransfer_task.json`) and `all_results.json`. Every process calls it."""
-    results.update(save_model(accelerator, output_dir, model, tokenizer))
+def save_run(accelerator, output_dir: str | Path, model, tokenizer, spec, base_model: str) -> dict:
+    """A single-task run folder: the gathered weights (or the adapter with its head), the tokenizer and the
+    task's label names (`nlptransfer_task.json`). Every process calls it; returns what the folder adds to the
+    results (`lifecycle.finish_run` writes them)."""
+    added = save_model(accelerator, output_dir, model, tokenizer)
     if accelerator.is_main_process:
         write_json(Path(output_dir) / TASK_FILE, task_info(spec.kind, spec.labels, base_model))
-        write_results(output_dir, results)
     accelerator.wait_for_everyone()
+    return added
 
 
 # ---- a multi-task model's folder (`MultiTaskModel.save_pretrained` / `from_pretrained`) --------------

@@ -105,7 +105,7 @@ def main(argv=None):
 
     # the saved model is the plain student (the wrapper saves its `student`): it loads in a `pipeline`
     def save(output_dir):
-        save_run(accelerator, output_dir, fitted.model, tokenizer, fitted.results, spec, base_model)
+        return save_run(accelerator, output_dir, fitted.model, tokenizer, spec, base_model)
 
     return finish_run(accelerator, args, fitted, save=save, configs=configs)
 

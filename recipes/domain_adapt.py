@@ -108,7 +108,7 @@ def main(argv=None):
 
     # the saved model is the plain classifier (the DANN wrapper saves its `classifier`): it loads in a `pipeline`
     def save(output_dir):
-        save_run(accelerator, output_dir, fitted.model, tokenizer, results, spec, model_args.model_name_or_path)
+        return save_run(accelerator, output_dir, fitted.model, tokenizer, spec, model_args.model_name_or_path)
 
     return finish_run(accelerator, args, fitted, save=save, configs=configs)
 

@@ -65,10 +65,11 @@ def main(argv=None):
         fold_fusion(accelerator.unwrap_model(fitted.model))
 
     def save(output_dir):  # the model (or adapter + head), tokenizer and label names; --merge: a merged copy
-        save_run(accelerator, output_dir, fitted.model, tokenizer, results, spec, model_args.model_name_or_path)
+        added = save_run(accelerator, output_dir, fitted.model, tokenizer, spec, model_args.model_name_or_path)
         if adapter_args.enabled and adapter_args.merge and accelerator.is_main_process:
             merge_adapter(accelerator.unwrap_model(fitted.model)).save_pretrained(output_dir / "merged")
             tokenizer.save_pretrained(output_dir / "merged")
+        return added
 
     del model  # the prepared model lives in `fitted` until finish_run frees it
     return finish_run(accelerator, args, fitted, save=save, configs=configs)
