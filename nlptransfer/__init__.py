@@ -43,6 +43,7 @@ from nlptransfer.multitask import MultiTaskModel, MultiTaskOutput
 from nlptransfer.readers import Records, read_file
 from nlptransfer.resolve import register_installed_model, resolve_model
 from nlptransfer.runs import run_kind, save_run
+from nlptransfer.sharding import parameters_in_sync
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 from nlptransfer.training import (
     Trainer,
@@ -50,7 +51,6 @@ from nlptransfer.training import (
     build_optimizer,
     build_scheduler,
     check_output_dir,
-    parameters_in_sync,
     set_cpu_threads,
     start_run,
     total_steps,

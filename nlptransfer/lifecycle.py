@@ -26,6 +26,7 @@ from nlptransfer.config import RunArguments, TrainArguments, TransferArguments, 
 from nlptransfer.evaluation import evaluate, evaluate_tasks, prefixed
 from nlptransfer.hub import push_run
 from nlptransfer.runs import CONFIG_FILE, write_results
+from nlptransfer.sharding import scheduler_steps_per_update
 from nlptransfer.strategies import L2SP, gradual_unfreezing
 from nlptransfer.tasks import TASK_KINDS, Encoded, TaskSpec
 from nlptransfer.training import (
@@ -159,9 +160,10 @@ def fit(
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_sets = _prepare_loaders(accelerator, eval_sets)
     steps = total_steps(len(train_loader), args)
-    scheduler = build_scheduler(optimizer, steps, args, accelerator.num_processes)
+    per_update = scheduler_steps_per_update(accelerator)  # DeepSpeed steps the schedule once, accelerate per process
+    scheduler = build_scheduler(optimizer, steps, args, per_update)
     if transfer and (every := transfer.unfreeze_every(len(train_loader), args.gradient_accumulation_steps)):
-        gradual_unfreezing(scheduler, every * accelerator.num_processes)
+        gradual_unfreezing(scheduler, every * per_update)
     scheduler = accelerator.prepare(scheduler)
     loss_terms = list(loss_terms)
     if transfer and transfer.l2sp_beta:

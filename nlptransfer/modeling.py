@@ -10,7 +10,8 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from nlptransfer.resolve import load_error, resolve_model
-from nlptransfer.runs import ADAPTER_CONFIG_FILE, TASK_FILE
+from nlptransfer.runs import ADAPTER_CONFIG_FILE, MERGED_DIR, TASK_FILE
+from nlptransfer.sharding import numel
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
 
 
@@ -55,7 +56,18 @@ def load_adapter_model(path: str, revision: str | None = None) -> PeftModel:
     return PeftModel.from_pretrained(model, path, revision=revision)
 
 
+def save_merged(path: str | Path, tokenizer=None) -> Path:
+    """The adapter run saved at `path`, read back and folded into a plain transformers model, saved in
+    `path/merged` (with the tokenizer). Merging what was saved, not the training processes' model, makes
+    it right under every engine (a ZeRO-3 or FSDP process holds only shards)."""
+    out = Path(path) / MERGED_DIR
+    load_adapter_model(str(path)).merge_and_unload().save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+    """(trainable, total) parameter counts; a ZeRO-3 partitioned parameter counts its whole size (`ds_numel`)."""
+    sizes = [(numel(p), p.requires_grad) for p in model.parameters()]
+    return sum(size for size, trainable in sizes if trainable), sum(size for size, _ in sizes)

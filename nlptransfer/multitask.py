@@ -350,7 +350,7 @@ class MultiTaskModel(nn.Module):
                 for name in self.task_names
                 if name not in present
                 for p in self.task_parameters(name)
-                if p.requires_grad
+                if p.requires_grad and not hasattr(p, "ds_id")  # ZeRO-3 reduces only the weights a step used
             ]
             if idle:
                 loss = loss + 0.0 * sum(p.sum() for p in idle)

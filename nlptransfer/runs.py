@@ -86,7 +86,7 @@ def save_model_folder(output_dir: str | Path, model, tokenizer, state_dict: dict
     output_dir.mkdir(parents=True, exist_ok=True)
     added = {}
     if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # a PeftModel
-        model.save_pretrained(output_dir)  # adapter weights plus modules_to_save (the head), from its own weights
+        model.save_pretrained(output_dir, state_dict=state_dict)  # adapter weights plus modules_to_save (the head)
         added["adapter_size_bytes"] = (output_dir / "adapter_model.safetensors").stat().st_size
     else:
         model.save_pretrained(output_dir, state_dict=state_dict)

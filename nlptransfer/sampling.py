@@ -151,6 +151,11 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
     `lengths[t][i]` is the token length of example i of task t; its global index is
     `offsets[t] + i`. By default each batch is one task drawn by `task_sampler`; with `mixed`
     the task is drawn per example. Every batch holds exactly `batch_size` examples.
+
+    With `processes` > 1 (accelerate deals batch k to process k % processes) each task is drawn for that many
+    batches in a row, so all processes train on the same task at every step. ZeRO-3 needs it: it gathers the
+    weights of the routes a step uses, and processes using different ones would wait on different collectives.
+    (Under DDP, processes may train on different tasks in one step; their gradients are averaged.)
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         seed: int,
         group_by_length: bool = False,
         mixed: bool = False,
+        processes: int = 1,
     ):
         if not lengths or any(len(task) == 0 for task in lengths):
             raise ConfigError(f"every task needs training examples, got sizes {[len(task) for task in lengths]}")
@@ -172,6 +178,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.group_by_length = group_by_length
         self.mixed = mixed
+        self.processes = processes
         self.sizes = [len(task) for task in self.lengths]
         self.offsets = [sum(self.sizes[:t]) for t in range(len(self.sizes))]
         self.epoch = 0
@@ -197,13 +204,16 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(sum(self.sizes) / self.batch_size)
+        steps = math.ceil(sum(self.sizes) / (self.batch_size * self.processes))
+        return steps * self.processes
 
     def schedule(self, epoch: int) -> list[int]:
         """The task of every batch (or, with `mixed`, of every example) of `epoch`."""
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "schedule", epoch))
-        count = len(self) * (self.batch_size if self.mixed else 1)
-        return self.task_sampler.schedule(self.sizes, count, generator)
+        if self.mixed:
+            return self.task_sampler.schedule(self.sizes, len(self) * self.batch_size, generator)
+        per_step = self.task_sampler.schedule(self.sizes, len(self) // self.processes, generator)
+        return [task for task in per_step for _ in range(self.processes)]
 
     def _examples_used(self, epoch: int) -> list[int]:
         if epoch not in self._used:

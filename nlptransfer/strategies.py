@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from nlptransfer.encoders import encoder_module, layer_groups
 from nlptransfer.errors import ConfigError
+from nlptransfer.sharding import numel
 
 
 def freeze(model: nn.Module, encoder: bool = False, bottom_layers: int = 0, word_embeddings: bool = False) -> int:
@@ -34,7 +35,7 @@ def freeze(model: nn.Module, encoder: bool = False, bottom_layers: int = 0, word
     count = 0
     for params in frozen:
         for param in params:
-            count += param.numel() if param.requires_grad else 0
+            count += numel(param) if param.requires_grad else 0
             param.requires_grad_(False)
     if encoder:  # a feature extractor: no dropout inside it, so its features are a function of the input
         for module in encoder_module(model).modules():

@@ -17,8 +17,8 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
-from safetensors.torch import load_file, save_file
+from accelerate.utils import broadcast_object_list, set_seed
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -26,6 +26,7 @@ from transformers import get_scheduler
 from nlptransfer.config import RunArguments, TrainArguments
 from nlptransfer.encoders import cpu_cores
 from nlptransfer.errors import CheckpointNotFoundError, ConfigError, OutputDirError
+from nlptransfer.sharding import check_engine, engine_of, load_weights, sharded_on_cpu
 from nlptransfer.strategies import optimizer_groups
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def start_run(args: RunArguments, project: str = "nlptransfer", configs: Sequenc
     kwargs = args.accelerator_kwargs()
     if "mixed_precision" in kwargs:
         kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"])
-    accelerator = Accelerator(**kwargs, kwargs_handlers=deepspeed_on_cpu())
+    accelerator = Accelerator(**kwargs, kwargs_handlers=sharded_on_cpu())
+    check_engine(accelerator)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.ERROR,
@@ -111,40 +113,6 @@ def start_run(args: RunArguments, project: str = "nlptransfer", configs: Sequenc
             project, config={k: v for k, v in hparams.items() if isinstance(v, int | float | str | bool)}
         )
     return accelerator
-
-
-def deepspeed_on_cpu() -> list:
-    """What DeepSpeed needs to run on CPU processes (gloo), where accelerate alone gets it wrong.
-
-    Under `accelerate launch --use_deepspeed` without a GPU, accelerate finds no backend for the device, starts
-    DeepSpeed's process group anyway and then reports every rank as process 0 of 1 (each one "main", each one
-    saving). Naming gloo as the backend gives the real ranks; DS_ACCELERATOR=cpu makes DeepSpeed's own ops use
-    the CPU. (`--cpu`/ACCELERATE_USE_CPU=1 is no way out: with it accelerate drops DeepSpeed for plain DDP.)
-    """
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if not deepspeed or torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true":
-        return []
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    return [InitProcessGroupKwargs(backend="gloo")]
-
-
-def engine_of(accelerator: Accelerator) -> dict:
-    """The engine a run really had, for its results: distributed type, ZeRO stage (DeepSpeed), world size."""
-    plugin = accelerator.state.deepspeed_plugin
-    return {
-        "train_distributed_type": str(accelerator.distributed_type.value),
-        "train_zero_stage": plugin.zero_stage if plugin is not None else None,
-        "train_num_processes": accelerator.num_processes,
-    }
-
-
-def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
-    """True when every process's per-tensor sums and sums of squares of its weights (in float64) equal those of
-    process 0: a fingerprint of the weights, not a bit-for-bit comparison."""
-    params = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
-    fingerprint = torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten()
-    gathered = accelerator.gather(fingerprint.to(accelerator.device)[None])
-    return bool((gathered == gathered[0]).all())
 
 
 METRIC_GREATER_IS_BETTER = {
@@ -208,7 +176,7 @@ def total_steps(batches_per_epoch: int, args) -> int:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, steps: int, args, num_processes: int):
-    # accelerate steps a prepared scheduler once per process per update, hence the scaling
+    # a prepared scheduler steps `num_processes` times per update (`sharding.scheduler_steps_per_update`)
     return get_scheduler(
         args.lr_scheduler_type,
         optimizer,
@@ -351,13 +319,15 @@ class Trainer:
     def load_best(self) -> bool:
         """Put the best validation weights back into the model; False if no selection happened.
 
-        Every process reads the copy (one machine, or a folder the machines share). Under ZeRO-1/2 this sets the
-        module's weights, which evaluation and saving read; the optimizer's own fp32 copy is not restored, so
-        training does not go on from here."""
-        if self.state.best_step is None or not (self.best_dir / BEST_WEIGHTS).exists():
+        The main process reads the copy and sends it to the others (`sharding.load_weights`: under ZeRO-3 and
+        FSDP without a full copy per process). Under DeepSpeed this sets the module's weights, which evaluation
+        and saving read; the optimizer's own fp32 copy is not restored, so training does not go on from here."""
+        if self.state.best_step is None:  # the same on every process (scores are gathered)
             return False
-        self.accelerator.wait_for_everyone()
-        self.unwrapped.load_state_dict(load_file(str(self.best_dir / BEST_WEIGHTS)), strict=True)
+        # the main process's disk decides for all (it wrote the copy): machines need not share the output folder
+        if not broadcast_object_list([(self.best_dir / BEST_WEIGHTS).exists()])[0]:
+            return False
+        load_weights(self.accelerator, self.unwrapped, str(self.best_dir / BEST_WEIGHTS))
         self.accelerator.print(
             f"loaded the best model (step {self.state.best_step}, eval_{self.metric}={self.state.best_metric:.4f})"
         )

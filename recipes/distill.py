@@ -35,8 +35,9 @@ from nlptransfer.errors import run_main
 from nlptransfer.lifecycle import finish_run, fit, task_eval_sets
 from nlptransfer.modeling import count_parameters
 from nlptransfer.runs import save_run
+from nlptransfer.sharding import parameters_in_sync
 from nlptransfer.tasks import TaskSpec
-from nlptransfer.training import parameters_in_sync, start_run
+from nlptransfer.training import start_run
 
 
 def main(argv=None):

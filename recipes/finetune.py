@@ -11,15 +11,16 @@
 Every flag can also come from `--config file.yaml`; `--help` lists them all.
 """
 
-from nlptransfer.adapters import AdapterArguments, apply_adapter, merge_adapter
+from nlptransfer.adapters import AdapterArguments, apply_adapter
 from nlptransfer.batching import PaddingCollator, train_dataloader
 from nlptransfer.config import DataArguments, ModelArguments, TrainArguments, TransferArguments, parse_args
 from nlptransfer.data import encode_splits, load_splits
 from nlptransfer.errors import ConfigError, run_main
 from nlptransfer.fusion import FusionArguments, apply_fusion, fold_fusion, mean_fusion_weights
 from nlptransfer.lifecycle import finish_run, fit, task_eval_sets
-from nlptransfer.modeling import count_parameters, load_model_for_task, load_tokenizer
+from nlptransfer.modeling import count_parameters, load_model_for_task, load_tokenizer, save_merged
 from nlptransfer.runs import save_run
+from nlptransfer.sharding import unsharded_loading
 from nlptransfer.strategies import apply_strategies
 from nlptransfer.tasks import TaskSpec
 from nlptransfer.training import start_run
@@ -67,8 +68,8 @@ def main(argv=None):
     def save(output_dir):  # the model (or adapter + head), tokenizer and label names; --merge: a merged copy
         added = save_run(accelerator, output_dir, fitted.model, tokenizer, spec, model_args.model_name_or_path)
         if adapter_args.enabled and adapter_args.merge and accelerator.is_main_process:
-            merge_adapter(accelerator.unwrap_model(fitted.model)).save_pretrained(output_dir / "merged")
-            tokenizer.save_pretrained(output_dir / "merged")
+            with unsharded_loading(accelerator):  # merges what was saved: right under every engine
+                save_merged(output_dir, tokenizer)
         return added
 
     del model  # the prepared model lives in `fitted` until finish_run frees it

@@ -34,9 +34,10 @@ from nlptransfer.modeling import count_parameters, load_tokenizer
 from nlptransfer.multitask import MultiTaskModel
 from nlptransfer.runs import save_model
 from nlptransfer.sampling import MultiTaskBatchSampler, build_task_sampler
+from nlptransfer.sharding import parameters_in_sync, zero_stage
 from nlptransfer.strategies import apply_strategies
 from nlptransfer.tasks import TaskSpec
-from nlptransfer.training import parameters_in_sync, start_run
+from nlptransfer.training import start_run
 
 
 def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, adapter_args, transfer_args, teachers):
@@ -96,6 +97,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, adapter
         seed=args.seed,
         group_by_length=args.group_by_length,
         mixed=mtl_args.mixed_task_batches,
+        processes=accelerator.num_processes if zero_stage(accelerator) == 3 else 1,  # ZeRO-3: one task per step
     )
     features = [f for i, name in enumerate(names) for f in with_task(train_features[name], i)]
     train_loader = DataLoader(features, batch_sampler=sampler, collate_fn=collator)

@@ -184,3 +184,25 @@ def test_set_epoch_reaches_sampler_through_accelerate_wrappers():
     skipped = accelerate.skip_first_batches(prepared, 3)
     skipped.set_epoch(5)
     assert list(skipped) == epoch_batches(make_sampler(), 5)[3:]
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_every_process_gets_the_same_task_at_each_step(processes):
+    """ZeRO-3 needs every process on the same task's route in a step: accelerate deals batch k to process
+    k % processes, and each of those processes' batches comes from one task."""
+    sampler = make_sampler(processes=processes)
+    shards = [
+        list(
+            prepare_data_loader(
+                DataLoader(list(range(sum(SIZES))), batch_sampler=sampler, collate_fn=lambda x: x),
+                num_processes=processes,
+                process_index=rank,
+            )
+        )
+        for rank in range(processes)
+    ]
+    assert len(sampler) % processes == 0 and all(len(shard) == len(sampler) // processes for shard in shards)
+    for step in zip(*shards):
+        assert len({sampler.task_of(batch[0]) for batch in step}) == 1
+    # one process: the schedule (and every run's batches) as before the option existed
+    assert make_sampler(processes=1).schedule(3) == make_sampler().schedule(3)

@@ -5,9 +5,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import REPO, recipe_args
 from test_adapters import LORA
@@ -15,6 +17,7 @@ from test_adapters import LORA
 deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.distributed
 CONFIGS = REPO / "recipes" / "configs" / "accelerate"
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 RELOAD = """
 import json, sys
@@ -26,35 +29,111 @@ print(json.dumps(sum(p["label"] == r["label"] for p, r in zip(predictions, rows)
 """
 
 
-def launch(config: str, recipe: str, args: list[str]) -> subprocess.CompletedProcess:
+def zero3_partitioning_everything(tmp_path) -> Path:
+    """The shipped ZeRO-3 set-up with every weight partitioned: DeepSpeed keeps weights under 100k values whole on
+    every process (`stage3_param_persistence_threshold`), which would be all of the tiny test model's."""
+    ds_config = {
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        **dict.fromkeys(["train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"], "auto"),
+    }
+    (tmp_path / "ds_zero3.json").write_text(json.dumps(ds_config))
+    config = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())
+    config["deepspeed_config"] = {"deepspeed_config_file": str(tmp_path / "ds_zero3.json"), "zero3_init_flag": False}
+    del config["mixed_precision"]  # the DeepSpeed file decides (accelerate refuses both)
+    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "zero3.yaml"
+
+
+def launch(config: str | Path, recipe: str, args: list[str], cpu: bool = False) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file <config>` of a recipe on two CPU processes. DeepSpeed must not see
+    ACCELERATE_USE_CPU (it would silently run plain DDP); DDP needs it (`cpu`)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config)]
     command += ["--main_process_port", "29517", str(REPO / "recipes" / recipe), *args]
     env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
-    return subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    env.update(HF_HUB_OFFLINE="1", **({"ACCELERATE_USE_CPU": "1"} if cpu else {}))
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-# LoRA gets twice the epochs of its single-process test: two processes halve the updates per epoch
-@pytest.mark.parametrize(
-    "stage, adapter", [(2, []), (2, [*LORA, "--num_train_epochs", "12"])], ids=["zero2", "zero2-lora"]
-)
+def reload_score(script: str, *args: str):
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=OFFLINE)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_engine(results: dict, stdout: str, stage: int) -> None:
+    """The engine the run really had (not plain DDP, not two "main" processes of one), and selection happened
+    with the restored model being the one selection saw."""
+    assert results["train_distributed_type"] == "DEEPSPEED" and results["train_zero_stage"] == stage
+    assert results["train_num_processes"] == 2 and stdout.count("saved to") == 1
+    assert results["best_step"] and "loaded the best model" in stdout
+
+
+EPOCHS = ["--per_device_train_batch_size", "8", "--num_train_epochs", "6"]  # as tests/test_distributed.py
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("adapter", [[], [*LORA, "--num_train_epochs", "12"]], ids=["full", "lora"])
 def test_zero_finetune_on_two_cpu_processes_selects_saves_and_reloads(stage, adapter, tiny_model, cls_files, tmp_path):
+    config = zero3_partitioning_everything(tmp_path) if stage == 3 else "deepspeed_zero2.yaml"
     out = tmp_path / f"zero{stage}"
-    args = recipe_args(tiny_model, cls_files, out, "--learning_rate", "2e-3", "--per_device_train_batch_size", "16")
-    args += ["--num_train_epochs", "3", "--cpu_threads", "1", "--mixed_precision", "no", *adapter]
+    args = recipe_args(tiny_model, cls_files, out, "--learning_rate", "2e-3", *EPOCHS, "--warmup_ratio", "0.1")
+    args += ["--cpu_threads", "1", "--mixed_precision", "no", *adapter]
     args += ["--merge", "true"] if adapter else []  # the adapter folded into a plain model: what reloads below
-    done = launch(f"deepspeed_zero{stage}.yaml", "finetune.py", args)
+    done = launch(config, "finetune.py", args)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
-    # the engine the run really had: not plain DDP, not two "main" processes of one
-    assert results["train_distributed_type"] == "DEEPSPEED" and results["train_zero_stage"] == stage
-    assert results["train_num_processes"] == 2 and done.stdout.count("saved to") == 1
-    # selection happened and the restored model is the one selection saw
+    check_engine(results, done.stdout, stage)
     assert results["best_metric_name"] == "accuracy" and results["eval_accuracy"] == results["best_metric"]
     assert results["test_accuracy"] >= 0.8  # learned: chance is 1/3
-    reload = [sys.executable, "-c", RELOAD, str(out / "merged" if adapter else out), cls_files["test"]]
-    reloaded = subprocess.run(reload, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert reloaded.returncode == 0, reloaded.stderr[-2000:]
-    assert json.loads(reloaded.stdout.strip().splitlines()[-1]) == results["test_accuracy"]
+    folder = out / "merged" if adapter else out
+    assert reload_score(RELOAD, str(folder), cls_files["test"]) == results["test_accuracy"]
+
+
+RELOAD_MTL = """
+import json, sys
+from nlptransfer import MultiTaskModel
+model = MultiTaskModel.from_pretrained(sys.argv[1])
+rows = [json.loads(line) for line in open(sys.argv[2])]
+predictions = model.predict([r["text"] for r in rows], tasks=["topic"])
+print(json.dumps(sum(p["topic"]["label"] == r["label"] for p, r in zip(predictions, rows)) / len(rows)))
+"""
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_multitask_on_two_cpu_processes_selects_saves_and_reloads(
+    stage, tiny_model, cls_files, ner_files, tmp_path
+):
+    from test_mtl_recipe import mtl_config
+
+    config = zero3_partitioning_everything(tmp_path) if stage == 3 else "deepspeed_zero2.yaml"
+    run = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=8, per_device_train_batch_size=8)
+    done = launch(config, "mtl.py", ["--config", str(run), "--cpu_threads", "1", "--mixed_precision", "no"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "mtl" / "all_results.json").read_text())
+    check_engine(results, done.stdout, stage)
+    assert results["eval_average"] == results["best_metric"] and results["parameters_in_sync"] is True
+    assert results["test_topic_accuracy"] >= 0.8 and results["test_people_f1"] >= 0.8  # chance: 1/3 and 0
+    assert reload_score(RELOAD_MTL, str(tmp_path / "mtl"), cls_files["test"]) == results["test_topic_accuracy"]
+
+
+def test_deepspeed_follows_the_same_lr_schedule_as_ddp(tiny_model, cls_files, tmp_path):
+    """DeepSpeed steps the LR scheduler once per update where accelerate steps it once per process: the same
+    run (linear warm-up and decay) under DDP and ZeRO-2 ends with the same weights, up to float rounding."""
+    from safetensors.torch import load_file
+
+    args = ["--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--max_steps", "24"]
+    args += ["--warmup_ratio", "0.25", "--eval_strategy", "no", "--cpu_threads", "1", "--mixed_precision", "no"]
+    for name, config in (("ddp", "ddp.yaml"), ("zero2", "deepspeed_zero2.yaml")):
+        done = launch(
+            config, "finetune.py", recipe_args(tiny_model, cls_files, tmp_path / name, *args), cpu=name == "ddp"
+        )
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    ddp, zero2 = (load_file(tmp_path / name / "model.safetensors") for name in ("ddp", "zero2"))
+    assert max((ddp[k] - zero2[k]).abs().max().item() for k in ddp) < 1e-4
 
 
 def test_zero2_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tiny_model, cls_files, tmp_path):
@@ -79,3 +158,13 @@ def test_zero2_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tiny_m
     assert resumed["train_zero_stage"] == 2 and resumed["train_num_processes"] == 2 and resumed["train_steps"] == 12
     a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "stopped"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("cpu", [False, True], ids=["gloo", "use-cpu"])
+def test_fsdp_on_cpu_processes_is_refused_not_run_unsharded(cpu, tiny_model, cls_files, tmp_path):
+    """accelerate 1.15 applies FSDP only on accelerators: on CPU processes it ran as distributed type NO (two
+    ranks, no gradient sync) or, with ACCELERATE_USE_CPU=1, as plain DDP. The run stops with one line instead."""
+    done = launch("fsdp.yaml", "finetune.py", recipe_args(tiny_model, cls_files, tmp_path / "fsdp"), cpu=cpu)
+    assert done.returncode != 0
+    assert "error: accelerate was launched for FSDP but the processes run as" in done.stderr
+    assert not (tmp_path / "fsdp" / "all_results.json").exists()
