@@ -455,6 +455,13 @@ def render_main_job(name: str, data: dict) -> str:
     return "\n\n".join([markdown_table(["task", "metric", "test"], rows), timing])
 
 
+def render_gpu_check(name: str, data: dict) -> str:
+    from gpu_check import table  # the script's own summary table
+
+    run = "a dry run on CPU with a tiny model (bookkeeping only)" if data.get("dry_run") else f"one {data['device']}"
+    return "\n\n".join([f"On {run}; {num(data['wall_s'], '.0f')} s in all.", table(data["checks"])])
+
+
 # ---- the page ------------------------------------------------------------------------------------------------
 
 # benchmark -> (title, what it compares: no numbers here, they all come from the JSONs)
@@ -522,6 +529,12 @@ BENCHMARKS = {
         "fine-tuned on each meta-test episode's support set (the same episodes for all) and also scored as a "
         "prototype classifier on frozen features.",
     ),
+    "gpu_check": (
+        "GPU check",
+        "`scripts/gpu_check.sh` (`gpu_check.py`): on one GPU, fine-tuning in bf16, FSDP and ZeRO-3 at world size 1 "
+        "through the sharded save paths (each reloaded in a fresh process to the recorded test accuracy), LoRA with "
+        "`--merge`, the multi-task recipe, and training tokens/s against a plain `Trainer` at its best.",
+    ),
     "fusion": (
         "Multi-source adapter fusion",
         "`bench_fusion.py`: LoRA adapters trained on source tasks, folded into the frozen encoder for a low-data "
@@ -543,6 +556,7 @@ RENDERERS: dict[str, Callable[[str, dict], str]] = {
     "domain": render_domain,
     "fewshot": render_fewshot,
     "fusion": render_fusion,
+    "gpu_check": render_gpu_check,
 }
 
 
@@ -553,7 +567,8 @@ def benchmark_of(name: str) -> str | None:
 
 
 def is_quick(data: dict, name: str) -> bool:
-    return bool(data.get("quick") or data.get("settings", {}).get("quick")) or Path(name).stem.endswith("_quick")
+    quick = data.get("quick") or data.get("dry_run") or data.get("settings", {}).get("quick")
+    return bool(quick) or Path(name).stem.endswith(("_quick", "_dry"))
 
 
 def slug(title: str) -> str:

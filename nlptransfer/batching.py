@@ -12,17 +12,24 @@ PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
 
 
 class PaddingCollator:
-    """Pad every list field to the longest in the batch; `feature_index` lets scoring find each row."""
+    """Pad every list field to the longest in the batch, rounded up to `pad_to_multiple_of` when given
+    (tensor cores run widths that are multiples of 8 fastest); `feature_index` lets scoring find each row."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_values = {"input_ids": pad_token_id, **PAD_VALUES}
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def width(self, longest: int) -> int:
+        """The padded width of a batch whose longest row has `longest` tokens."""
+        multiple = self.pad_to_multiple_of
+        return -(-longest // multiple) * multiple if multiple else longest
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = {}
         for key in features[0]:
             values = [feature[key] for feature in features]
             if isinstance(values[0], list):
-                width = max(len(value) for value in values)
+                width = self.width(max(len(value) for value in values))
                 pad = self.pad_values.get(key, 0)
                 batch[key] = torch.tensor([value + [pad] * (width - len(value)) for value in values])
             else:
@@ -34,8 +41,8 @@ class MultiTaskCollator(PaddingCollator):
     """Pad inputs as `PaddingCollator`; `labels` become {task name: tensor} in batch order (token
     labels padded to the batch width), and `task_ids` says which head each row goes to."""
 
-    def __init__(self, pad_token_id: int, task_names: Sequence[str]):
-        super().__init__(pad_token_id)
+    def __init__(self, pad_token_id: int, task_names: Sequence[str], pad_to_multiple_of: int | None = None):
+        super().__init__(pad_token_id, pad_to_multiple_of)
         self.task_names = list(task_names)
 
     def __call__(self, features: Sequence[dict]) -> dict:
@@ -111,21 +118,38 @@ class EpochSampler(Sampler[int]):
 
 
 def train_dataloader(
-    features: list[dict], batch_size: int, collator: PaddingCollator, seed: int, group_by_length: bool
+    features: list[dict],
+    batch_size: int,
+    collator: PaddingCollator,
+    seed: int,
+    group_by_length: bool,
+    **options,
 ) -> DataLoader:
+    """The seeded training order; `options` (`TrainArguments.dataloader_options`: workers, pinned memory) go
+    to the DataLoader. The order is drawn in the main process, so workers change neither it nor a resume."""
     sampler = EpochSampler([len(f["input_ids"]) for f in features], batch_size, seed, group_by_length)
     # its own generator: starting an epoch must not draw from the global RNG that dropout uses,
     # or a run resumed mid-epoch would see different dropout masks than an uninterrupted one
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        _indexed(features), batch_size=batch_size, sampler=sampler, collate_fn=collator, generator=generator
+        _indexed(features),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collator,
+        generator=generator,
+        # workers kept between epochs: safe here, as this loader draws only from its own generator
+        persistent_workers=options.get("num_workers", 0) > 0,
+        **options,
     )
 
 
-def eval_dataloader(features: list[dict], batch_size: int, collator: PaddingCollator) -> DataLoader:
-    # longest first: padding is small and a batch too big for memory shows up at once
+def eval_dataloader(features: list[dict], batch_size: int, collator: PaddingCollator, **options) -> DataLoader:
+    """Longest first: padding is small and a batch too big for memory shows up at once. `options` as in
+    `train_dataloader`; its workers are not kept between passes: each pass over a loader without its own
+    generator draws a worker seed from the global RNG (even with no workers), and a kept pool would draw
+    it only once, so dropout after the first evaluation would differ from a run without workers."""
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    return DataLoader(_indexed(features), batch_size=batch_size, sampler=order, collate_fn=collator)
+    return DataLoader(_indexed(features), batch_size=batch_size, sampler=order, collate_fn=collator, **options)
 
 
 def _indexed(features: list[dict]) -> list[dict]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from accelerate.utils import DataLoaderConfiguration
 from transformers import HfArgumentParser
 
 from nlptransfer.errors import ConfigError
@@ -396,7 +398,31 @@ class TrainArguments(RunArguments):
         default="adamw_torch_fused",
         metadata={"help": "adamw_torch_fused (one kernel for all weights) or adamw_torch (per-tensor foreach)."},
     )
-    logging_steps: int = field(default=50, metadata={"help": "Log the training loss every N optimizer steps."})
+    logging_steps: int = field(
+        default=50, metadata={"help": "Log the mean training loss of the last N optimizer steps every N steps."}
+    )
+    dataloader_num_workers: int = field(
+        default=0,
+        metadata={
+            "help": "Number of subprocesses to use for data loading (PyTorch only). 0 means that the data will be "
+            "loaded in the main process."
+        },
+    )
+    dataloader_pin_memory: bool = field(
+        default=True,
+        metadata={"help": "Whether or not to pin memory for DataLoader (CUDA only; batches then copy asynchronously)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "If True, use gradient checkpointing to save memory at the expense of slower backward pass."},
+    )
+    pad_to_multiple_of: str = field(
+        default="auto",
+        metadata={
+            "help": "Pad each batch's width up to a multiple of N (tensor cores like multiples of 8); 0 or none: "
+            "no extra padding; auto: 8 on CUDA, none on CPU."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -418,6 +444,13 @@ class TrainArguments(RunArguments):
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dataloader_num_workers < 0:
+            raise ConfigError(f"--dataloader_num_workers must be 0 or more, got {self.dataloader_num_workers}")
+        self.pad_to_multiple_of = str(self.pad_to_multiple_of).lower()
+        if self.pad_to_multiple_of not in ("auto", "none") and not self.pad_to_multiple_of.isdigit():
+            raise ConfigError(
+                f"--pad_to_multiple_of must be a whole number, auto or none, got {self.pad_to_multiple_of!r}"
+            )
 
     def may_reuse_output_dir(self) -> bool:
         return self.overwrite_output_dir or bool(self.resume_from_checkpoint)  # resuming continues the run there
@@ -427,7 +460,22 @@ class TrainArguments(RunArguments):
             **super().accelerator_kwargs(),
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "mixed_precision": self.mixed_precision,
+            # pinned batches copy to the GPU while it computes; on a CPU there is no copy at all
+            "dataloader_config": DataLoaderConfiguration(non_blocking=self.dataloader_pin_memory),
         }
+
+    def pad_multiple(self, device: torch.device | str) -> int | None:
+        """What --pad_to_multiple_of means on `device`: auto is 8 on CUDA (tensor cores), no padding elsewhere."""
+        if self.pad_to_multiple_of == "auto":
+            return 8 if torch.device(device).type == "cuda" else None
+        if self.pad_to_multiple_of == "none":
+            return None
+        return int(self.pad_to_multiple_of) or None  # 0: off
+
+    def dataloader_options(self, device: torch.device | str) -> dict:
+        """What every DataLoader of a run on `device` is built with: worker processes, and pinned memory on CUDA."""
+        pin_memory = self.dataloader_pin_memory and torch.device(device).type == "cuda"
+        return {"num_workers": self.dataloader_num_workers, "pin_memory": pin_memory}
 
 
 def _yaml_to_argv(path: str) -> list[str]:

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from nlptransfer.batching import eval_dataloader, with_task
 from nlptransfer.config import RunArguments, TrainArguments, TransferArguments, save_config
@@ -83,13 +86,15 @@ def task_eval_sets(
     collator: Callable,
     batch_size: int,
     splits: Sequence[str] = ("validation", "test"),
+    loader_options: Mapping[str, object] | None = None,
 ) -> dict[str, EvalSet]:
-    """One task's splits to score (those of `splits` that it has), each by the task kind's metrics."""
+    """One task's splits to score (those of `splits` that it has), each by the task kind's metrics;
+    `loader_options` (`TrainArguments.dataloader_options`) go to every loader."""
 
     def scorer(split: str) -> Scorer:
         return lambda model, loader: evaluate(accelerator, model, loader, encoded[split], spec)
 
-    loader = partial(eval_dataloader, batch_size=batch_size, collator=collator)
+    loader = partial(eval_dataloader, batch_size=batch_size, collator=collator, **(loader_options or {}))
     main_metric = TASK_KINDS[spec.kind].default_metric
     return {
         split: EvalSet(loader(encoded[split].features), scorer(split), main_metric)
@@ -105,8 +110,10 @@ def multitask_eval_sets(
     collator: Callable,
     batch_size: int,
     splits: Sequence[str] = ("validation", "test"),
+    loader_options: Mapping[str, object] | None = None,
 ) -> dict[str, EvalSet]:
-    """Per split, one loader per task that has it, scored as `<task>_<metric>` plus their `average`."""
+    """Per split, one loader per task that has it, scored as `<task>_<metric>` plus their `average`;
+    `loader_options` as in `task_eval_sets`."""
 
     def scorer(split: str) -> Scorer:
         return lambda model, loaders: evaluate_tasks(accelerator, model, loaders, encoded, specs, split)
@@ -114,13 +121,47 @@ def multitask_eval_sets(
     eval_sets = {}
     for split in splits:
         loaders = {
-            name: eval_dataloader(with_task(encoded[name][split].features, i), batch_size, collator)
+            name: eval_dataloader(
+                with_task(encoded[name][split].features, i), batch_size, collator, **(loader_options or {})
+            )
             for i, name in enumerate(specs)
             if split in encoded[name]
         }
         if loaders:
             eval_sets[split] = EvalSet(loaders, scorer(split), "average")
     return eval_sets
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> bool:
+    """Recompute activations in the backward pass instead of keeping them, in every transformers model inside
+    `model` that trains and supports it: the model itself, or one in a PEFT wrapper, a `MultiTaskModel`, a
+    distillation or domain-adversarial wrapper; layers copied out of such a model (a task's private top
+    layers) too. False if there was nothing to checkpoint."""
+    covered: set[int] = set()
+    for module in model.modules():
+        if id(module) in covered or not isinstance(module, PreTrainedModel) or not _trains(module):
+            continue
+        if not module.supports_gradient_checkpointing:
+            continue
+        if hasattr(module, "activation_checkpointing_enable"):  # its name since transformers 5; the old one warns
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        covered.update(id(inner) for inner in module.modules())
+    for module in model.modules():
+        if id(module) not in covered and isinstance(module, GradientCheckpointingLayer) and _trains(module):
+            module.gradient_checkpointing, module._gradient_checkpointing_func = True, NON_REENTRANT_CHECKPOINT
+            covered.add(id(module))
+    return bool(covered)
+
+
+# non-reentrant: correct when no input of a layer needs a gradient (frozen embeddings, adapters)
+NON_REENTRANT_CHECKPOINT = partial(checkpoint, use_reentrant=False)
+
+
+def _trains(module: torch.nn.Module) -> bool:
+    """Whether any weight of `module` trains (a frozen teacher gains nothing from checkpointing)."""
+    return any(parameter.requires_grad for parameter in module.parameters())
 
 
 def _prepare_loaders(accelerator: Accelerator, eval_sets: Mapping[str, EvalSet]) -> dict[str, EvalSet]:
@@ -153,10 +194,13 @@ def fit(
     `transfer` adds layer-wise LR decay, gradual unfreezing and L2-SP; `own_lr` pairs (parameters, lr) get
     their own LR (learned loss weights, layer mixes, a domain classifier); `callbacks` run before every
     training batch with the trainer (its `state.step` and `max_steps` give the progress)."""
+    checkpointing = args.gradient_checkpointing and enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, args, transfer.layerwise_lr_decay if transfer else None, own_lr)
     if plugin := accelerator.state.deepspeed_plugin:  # our batch samplers leave DataLoader.batch_size unset
         batch_size = getattr(train_loader.batch_sampler, "batch_size", None) or args.per_device_train_batch_size
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+        if plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":  # DeepSpeed clips, not accelerate
+            plugin.deepspeed_config["gradient_clipping"] = args.max_grad_norm
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_sets = _prepare_loaders(accelerator, eval_sets)
     steps = total_steps(len(train_loader), args)
@@ -189,6 +233,7 @@ def fit(
         max_steps=steps,
     )
     results = trainer.train()
+    results["train_gradient_checkpointing"] = checkpointing
     if trainer.load_best():  # what selection saw, to check the restored model against
         results.update(
             best_metric=trainer.state.best_metric, best_step=trainer.state.best_step, best_metric_name=metric

@@ -131,12 +131,21 @@ def unsharded_loading(accelerator: Accelerator) -> Iterator[None]:
         plugin.set_deepspeed_weakref()
 
 
-def load_weights(accelerator: Accelerator, module: torch.nn.Module, path: str) -> None:
+def settled(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a prepared model, with no ZeRO-3 weight left gathered or in flight from the last
+    forward pass (DeepSpeed refuses to gather those again)."""
+    if zero_stage(accelerator) == 3 and hasattr(model, "empty_partition_cache"):
+        model.empty_partition_cache()
+    return accelerator.unwrap_model(model)
+
+
+def load_weights(accelerator: Accelerator, model: torch.nn.Module, path: str) -> None:
     """Load a full safetensors state dict (saved from `get_state_dict`) into a prepared model's module, read by
     the main process only and sent to the others, so no process needs the file or a second full copy:
     ZeRO-3 gathers, sets and re-partitions one weight at a time; FSDP loads through torch's
-    `set_model_state_dict(broadcast_from_rank0=True)`; DDP and ZeRO-1/2 broadcast tensor by tensor."""
-    main = accelerator.is_main_process
+    `set_model_state_dict(broadcast_from_rank0=True)`; DDP and ZeRO-1/2 broadcast tensor by tensor. `model`
+    is the prepared model."""
+    main, module = accelerator.is_main_process, settled(accelerator, model)
     if accelerator.distributed_type == DistributedType.FSDP:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -169,7 +178,7 @@ def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool
     weight gathered first) equal those of process 0: a fingerprint of the weights, not a bit-for-bit
     comparison. (Not for FSDP, whose processes hold different shards by design.)"""
     sums = []
-    for param in accelerator.unwrap_model(model).parameters():
+    for param in settled(accelerator, model).parameters():
         with gathered(accelerator, [param]):
             whole = param.detach().double()
             sums.append(torch.stack([whole.sum(), whole.square().sum()]))

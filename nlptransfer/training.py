@@ -239,6 +239,8 @@ class Trainer:
         self.best_dir = self.checkpoint_dir / "best_model"
         self.state = TrainState()
         accelerator.register_for_checkpointing(self.state)
+        self.loss_total: torch.Tensor | None = None  # during `train`: state.train_loss_sum, kept on the device
+        self.last_logged = (0.0, 0)  # (train_loss_sum, train_loss_count) at the previous loss log
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -248,6 +250,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """Write to a hidden folder, then rename: a killed run never leaves a half checkpoint."""
+        self.sync_loss()
         final = self.checkpoint_dir / f"step_{self.state.step}"
         tmp = self.checkpoint_dir / f".tmp-step_{self.state.step}"
         if self.accelerator.is_main_process:
@@ -327,7 +330,7 @@ class Trainer:
         # the main process's disk decides for all (it wrote the copy): machines need not share the output folder
         if not broadcast_object_list([(self.best_dir / BEST_WEIGHTS).exists()])[0]:
             return False
-        load_weights(self.accelerator, self.unwrapped, str(self.best_dir / BEST_WEIGHTS))
+        load_weights(self.accelerator, self.model, str(self.best_dir / BEST_WEIGHTS))
         self.accelerator.print(
             f"loaded the best model (step {self.state.best_step}, eval_{self.metric}={self.state.best_metric:.4f})"
         )
@@ -344,6 +347,22 @@ class Trainer:
         return bool(patience) and self.state.evals_without_improvement >= patience
 
     # ---- the loop ----------------------------------------------------------------------
+    def sync_loss(self) -> float:
+        """Copy the on-device running loss total into `state` (one device->host sync) and return it."""
+        if self.loss_total is not None:
+            self.state.train_loss_sum = self.loss_total.item()
+        return self.state.train_loss_sum
+
+    def log_loss(self) -> None:
+        """Log the mean loss of the micro-batches since the previous log (as transformers' Trainer does)."""
+        state = self.state
+        total, (logged_sum, logged_count) = self.sync_loss(), self.last_logged
+        loss = (total - logged_sum) / max(state.train_loss_count - logged_count, 1)
+        self.last_logged = (total, state.train_loss_count)
+        logs = {"train/loss": loss, "train/learning_rate": max(self.scheduler.get_last_lr())}
+        self.accelerator.log(logs, step=state.step)
+        self.progress.set_postfix(loss=f"{loss:.4f}")
+
     def compute_loss(self, batch: dict) -> torch.Tensor:
         outputs = self.model(**batch)
         loss = outputs.loss
@@ -356,12 +375,17 @@ class Trainer:
         if args.resume_from_checkpoint:
             self.resume(args.resume_from_checkpoint)
         every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
-        progress = tqdm(
+        self.progress = progress = tqdm(
             total=self.max_steps,
             initial=state.step,
             disable=args.disable_tqdm or not accelerator.is_local_main_process,
             desc="train",
         )
+        # the loss is summed on the device (float64, in the order a host sum would take): reading it back
+        # every micro-batch would wait for the GPU each time; it is read at logs, checkpoints and the end
+        device = torch.device("cpu") if accelerator.device.type == "mps" else accelerator.device  # MPS: no float64
+        self.loss_total = torch.tensor(state.train_loss_sum, dtype=torch.float64, device=device)
+        self.last_logged = (state.train_loss_sum, state.train_loss_count)
         start, examples, stop = time.perf_counter(), 0, state.step >= self.max_steps
         self.pause_seconds = 0.0  # evaluation and checkpoints inside the loop: not training steps
         self.model.train()
@@ -384,16 +408,14 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_in_epoch += 1
                 examples += batch["input_ids"].shape[0] * accelerator.num_processes
-                state.train_loss_sum += loss.detach().item()
+                self.loss_total += loss.detach().to(self.loss_total.device, torch.float64)
                 state.train_loss_count += 1
                 if not accelerator.sync_gradients:
                     continue
                 state.step += 1
                 progress.update(1)
                 if state.step % args.logging_steps == 0:
-                    logs = {"train/loss": loss.item(), "train/learning_rate": max(self.scheduler.get_last_lr())}
-                    accelerator.log(logs, step=state.step)
-                    progress.set_postfix(loss=f"{loss.item():.4f}")
+                    self.log_loss()
                 if args.eval_strategy == "steps" and state.step % args.eval_steps == 0:
                     self.paused(self.run_evaluation)
                     stop = self.should_stop()
@@ -411,6 +433,8 @@ class Trainer:
                 if args.checkpointing_steps == "epoch":
                     self.paused(self.save_checkpoint)
         progress.close()
+        self.sync_loss()
+        self.loss_total = None
         runtime = time.perf_counter() - start
         if self.should_stop():
             accelerator.print(f"early stopping: no improvement in {args.early_stopping_patience} evaluations")

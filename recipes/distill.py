@@ -35,7 +35,7 @@ from nlptransfer.errors import run_main
 from nlptransfer.lifecycle import finish_run, fit, task_eval_sets
 from nlptransfer.modeling import count_parameters
 from nlptransfer.runs import save_run
-from nlptransfer.sharding import parameters_in_sync
+from nlptransfer.sharding import parameters_in_sync, unsharded_loading
 from nlptransfer.tasks import TaskSpec
 from nlptransfer.training import start_run
 
@@ -48,7 +48,8 @@ def main(argv=None):
     accelerator = start_run(args, "nlptransfer-distill", configs)
 
     # teacher and student; the student takes the teacher's label names, so their outputs line up
-    teacher = load_teacher(distill_args.teacher_name_or_path, distill_args.teacher_task)
+    with unsharded_loading(accelerator):  # the frozen teacher is whole on every process, even under ZeRO-3
+        teacher = load_teacher(distill_args.teacher_name_or_path, distill_args.teacher_task)
     spec = TaskSpec.from_data_args(data_args)
     teacher.check_task(spec)
     student, tokenizer, base_model = build_student(teacher, distill_args, model_args, spec)
@@ -83,11 +84,14 @@ def main(argv=None):
     del teacher
     trainable, total = count_parameters(student)
     accelerator.print(f"student parameters: {total:,} ({student.config.num_hidden_layers} layers)")
-    collator = DistillCollator(tokenizer.pad_token_id)
+    collator = DistillCollator(tokenizer.pad_token_id, args.pad_multiple(accelerator.device))
+    loading = args.dataloader_options(accelerator.device)
     train_loader = train_dataloader(
-        train_features, args.per_device_train_batch_size, collator, args.seed, args.group_by_length
+        train_features, args.per_device_train_batch_size, collator, args.seed, args.group_by_length, **loading
     )
-    eval_sets = task_eval_sets(accelerator, encoded, spec, collator, args.per_device_eval_batch_size)
+    eval_sets = task_eval_sets(
+        accelerator, encoded, spec, collator, args.per_device_eval_batch_size, loader_options=loading
+    )
     fitted = fit(accelerator, model, train_loader, args, eval_sets)
     fitted.results.update(
         trainable_parameters=trainable,

@@ -92,10 +92,13 @@ def main(argv=None):
         callbacks = [lambda t: t.unwrapped.set_progress(t.state.step / t.max_steps, domain_args.grl_gamma)]
     trainable, total = count_parameters(model)
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,}")
-    collator = PaddingCollator(tokenizer.pad_token_id)
-    train_loader = train_dataloader(train_features, batch_size, collator, args.seed, args.group_by_length)
+    collator = PaddingCollator(tokenizer.pad_token_id, args.pad_multiple(accelerator.device))
+    loading = args.dataloader_options(accelerator.device)
+    train_loader = train_dataloader(train_features, batch_size, collator, args.seed, args.group_by_length, **loading)
     splits_to_score = ("validation", "test", "source_test")
-    eval_sets = task_eval_sets(accelerator, encoded, spec, collator, args.per_device_eval_batch_size, splits_to_score)
+    eval_sets = task_eval_sets(
+        accelerator, encoded, spec, collator, args.per_device_eval_batch_size, splits_to_score, loading
+    )
     fitted = fit(accelerator, model, train_loader, args, eval_sets, callbacks=callbacks, own_lr=own_lr)
     results = fitted.results
     results.update(method=domain_args.method, trainable_parameters=trainable, total_parameters=total)

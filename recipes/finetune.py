@@ -53,11 +53,19 @@ def main(argv=None):
     accelerator.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
     # batches; every split but train is scored, and validation (if any) selects the best model
-    collator = PaddingCollator(tokenizer.pad_token_id)
+    collator = PaddingCollator(tokenizer.pad_token_id, args.pad_multiple(accelerator.device))
+    loading = args.dataloader_options(accelerator.device)
     train_loader = train_dataloader(
-        encoded["train"].features, args.per_device_train_batch_size, collator, args.seed, args.group_by_length
+        encoded["train"].features,
+        args.per_device_train_batch_size,
+        collator,
+        args.seed,
+        args.group_by_length,
+        **loading,
     )
-    eval_sets = task_eval_sets(accelerator, encoded, spec, collator, args.per_device_eval_batch_size)
+    eval_sets = task_eval_sets(
+        accelerator, encoded, spec, collator, args.per_device_eval_batch_size, loader_options=loading
+    )
     fitted = fit(accelerator, model, train_loader, args, eval_sets, transfer=transfer_args)
     results = fitted.results
     results.update(trainable_parameters=trainable, total_parameters=total)

@@ -466,6 +466,7 @@ def test_teacher_with_another_tokenizer_gives_one_target_per_word(
 
 def test_multitask_and_lora_teachers(tiny_model, cls_files, ner_files, tmp_path):
     import yaml
+
     from test_mtl_recipe import mtl_config
 
     config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=4, cpu_threads=1)

@@ -84,6 +84,7 @@ def test_two_process_multitask_run_with_private_layers_keeps_ranks_identical(
 ):
     """A rank whose batch is all `people` leaves the shared top layer unused: it must still sync."""
     import yaml
+
     from test_mtl_recipe import mtl_config
 
     config = yaml.safe_load(

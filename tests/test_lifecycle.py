@@ -5,10 +5,8 @@ import json
 import textwrap
 
 import pytest
-from test_distill import FAST as DISTILL_FAST
 from test_domain import domain_files
 from test_meta import keyword_rows
-from test_mtl_recipe import mtl_config
 
 from nlptransfer.errors import ConfigError
 from nlptransfer.lifecycle import headline, split_prefix
@@ -16,6 +14,8 @@ from nlptransfer.training import greater_is_better
 
 from conftest import REPO, recipe_args, write_jsonl
 from hub_server import HubServer, run_client
+from test_distill import FAST as DISTILL_FAST
+from test_mtl_recipe import mtl_config
 from test_recipe import run_recipe
 
 SECRET = "hf_secret_token_that_must_never_show"

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import REPO, recipe_args
 from test_adapters import LORA
+from test_distill import cls_teacher, distill_args, narrow_model  # noqa: F401, F811 (fixtures)
 
 deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.distributed
@@ -168,3 +169,31 @@ def test_fsdp_on_cpu_processes_is_refused_not_run_unsharded(cpu, tiny_model, cls
     assert done.returncode != 0
     assert "error: accelerate was launched for FSDP but the processes run as" in done.stderr
     assert not (tmp_path / "fsdp" / "all_results.json").exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_distillation_student_saves_and_reloads(stage, narrow_model, cls_teacher, cls_files, tmp_path):  # noqa: F811
+    """A live teacher (loaded whole on every process, not partitioned) and a narrower student whose hidden-state
+    projections train too: the saved student is the one that was scored."""
+    config = zero3_partitioning_everything(tmp_path) if stage == 3 else "deepspeed_zero2.yaml"
+    out = tmp_path / "student"
+    extra = ["--hidden_loss", "mse", "--per_device_train_batch_size", "8", "--num_train_epochs", "8"]
+    extra += ["--temperature", "1", "--mixed_precision", "no"]
+    done = launch(config, "distill.py", distill_args(cls_teacher, narrow_model, cls_files, out, *extra))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    check_engine(results, done.stdout, stage)
+    assert results["teacher_targets"] == "live" and results["parameters_in_sync"] is True
+    assert results["test_accuracy"] >= 0.8
+    assert reload_score(RELOAD, str(out), cls_files["test"]) == results["test_accuracy"]
+
+
+def test_per_task_adapters_under_deepspeed_are_refused(tiny_model, cls_files, ner_files, tmp_path):
+    """Per-task adapters saved and reloaded right under ZeRO-3 but trained worse than the same DDP run (measured:
+    eval average 0.885 DDP, 0.708 ZeRO-2, 0.373 ZeRO-3; cause not found): refused until it is."""
+    from test_mtl_recipe import mtl_config
+
+    run = mtl_config(tmp_path, tiny_model, cls_files, ner_files, max_steps=10)
+    args = ["--config", str(run), "--peft", "lora", "--lora_r", "4", "--adapter_per_task", "true"]
+    done = launch("deepspeed_zero2.yaml", "mtl.py", args)
+    assert done.returncode != 0 and "error: --adapter_per_task is not supported under DeepSpeed" in done.stderr
