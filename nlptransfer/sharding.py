@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from safetensors import safe_open
 
 from nlptransfer.errors import ConfigError
@@ -25,9 +25,7 @@ SHARDED_ENGINES = {"DEEPSPEED": DistributedType.DEEPSPEED, "FSDP": DistributedTy
 
 def requested_engine() -> str | None:
     """The sharded engine `accelerate launch` asked for (its environment), if any."""
-    return next(
-        (name for name in SHARDED_ENGINES if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"), None
-    )
+    return next((name for name in SHARDED_ENGINES if parse_flag_from_env(f"ACCELERATE_USE_{name}")), None)
 
 
 def sharded_on_cpu() -> list:
@@ -39,11 +37,7 @@ def sharded_on_cpu() -> list:
     saving). Naming gloo as the backend gives the real ranks; DS_ACCELERATOR=cpu makes DeepSpeed's own ops use
     the CPU. (`--cpu`/ACCELERATE_USE_CPU=1 is no way out: with it accelerate drops the engine for plain DDP.)
     """
-    if (
-        requested_engine() is None
-        or torch.cuda.is_available()
-        or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
-    ):
+    if requested_engine() is None or torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"):
         return []
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     return [InitProcessGroupKwargs(backend="gloo")]
@@ -56,14 +50,14 @@ def check_engine(accelerator: Accelerator) -> None:
     gradient sync: each rank trains its own model) or, with ACCELERATE_USE_CPU=1, as plain DDP."""
     wanted = requested_engine()
     if wanted and accelerator.distributed_type != SHARDED_ENGINES[wanted]:
+        if parse_flag_from_env("ACCELERATE_USE_CPU"):
+            why = "use_cpu / ACCELERATE_USE_CPU=1 makes accelerate drop it for plain DDP: remove it"
+        else:
+            why = f"accelerate applies {wanted} only on accelerators"
+            why += "; on CPU processes use recipes/configs/accelerate/deepspeed_zero3.yaml" if wanted == "FSDP" else ""
         raise ConfigError(
             f"accelerate was launched for {wanted} but the processes run as {accelerator.distributed_type.value} "
-            f"on {accelerator.device.type}: accelerate applies {wanted} only on accelerators "
-            + (
-                "(use DeepSpeed ZeRO-3, recipes/configs/accelerate/deepspeed_zero3.yaml, on CPU processes)"
-                if wanted == "FSDP"
-                else ""
-            )
+            f"on {accelerator.device.type}: {why}"
         )
     if accelerator.num_processes > 1 and accelerator.distributed_type == DistributedType.NO:
         raise ConfigError(

@@ -161,14 +161,20 @@ def test_zero2_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tiny_m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("cpu", [False, True], ids=["gloo", "use-cpu"])
-def test_fsdp_on_cpu_processes_is_refused_not_run_unsharded(cpu, tiny_model, cls_files, tmp_path):
+@pytest.mark.parametrize(
+    "config, engine, cpu",
+    [("fsdp.yaml", "FSDP", False), ("fsdp.yaml", "FSDP", True), ("deepspeed_zero2.yaml", "DEEPSPEED", True)],
+    ids=["fsdp-gloo", "fsdp-use-cpu", "deepspeed-use-cpu"],
+)
+def test_engine_that_would_not_run_is_refused_not_run_unsharded(config, engine, cpu, tiny_model, cls_files, tmp_path):
     """accelerate 1.15 applies FSDP only on accelerators: on CPU processes it ran as distributed type NO (two
-    ranks, no gradient sync) or, with ACCELERATE_USE_CPU=1, as plain DDP. The run stops with one line instead."""
-    done = launch("fsdp.yaml", "finetune.py", recipe_args(tiny_model, cls_files, tmp_path / "fsdp"), cpu=cpu)
+    ranks, no gradient sync) or, with ACCELERATE_USE_CPU=1, as plain DDP, as DeepSpeed does with that variable.
+    The run stops with one line instead."""
+    done = launch(config, "finetune.py", recipe_args(tiny_model, cls_files, tmp_path / "run"), cpu=cpu)
     assert done.returncode != 0
-    assert "error: accelerate was launched for FSDP but the processes run as" in done.stderr
-    assert not (tmp_path / "fsdp" / "all_results.json").exists()
+    assert f"error: accelerate was launched for {engine} but the processes run as" in done.stderr
+    assert ("ACCELERATE_USE_CPU=1 makes accelerate drop it" in done.stderr) == cpu
+    assert not (tmp_path / "run" / "all_results.json").exists()
 
 
 @pytest.mark.parametrize("stage", [2, 3])
