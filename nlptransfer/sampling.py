@@ -153,9 +153,10 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
     the task is drawn per example. Every batch holds exactly `batch_size` examples.
 
     With `processes` > 1 (accelerate deals batch k to process k % processes) each task is drawn for that many
-    batches in a row, so all processes train on the same task at every step. ZeRO-3 needs it: it gathers the
-    weights of the routes a step uses, and processes using different ones would wait on different collectives.
-    (Under DDP, processes may train on different tasks in one step; their gradients are averaged.)
+    batches in a row, so all processes train on the same task at every step. DeepSpeed needs it: ZeRO-2 reduces
+    gradients in buckets in the order the backward pass produces them, which must be the same on every process
+    (measured: a per-task adapter never trained, its gradients added to another task's), and ZeRO-3 gathers the
+    weights of the routes a step uses. (Under DDP processes may train on different tasks in one step.)
     """
 
     def __init__(

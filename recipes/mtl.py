@@ -98,7 +98,9 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, adapter
         seed=args.seed,
         group_by_length=args.group_by_length,
         mixed=mtl_args.mixed_task_batches,
-        processes=accelerator.num_processes if zero_stage(accelerator) == 3 else 1,  # ZeRO-3: one task per step
+        processes=accelerator.num_processes
+        if zero_stage(accelerator) is not None
+        else 1,  # DeepSpeed: one task per step
     )
     features = [f for i, name in enumerate(names) for f in with_task(train_features[name], i)]
     # workers not kept between epochs: without its own generator, each pass draws from the global RNG
@@ -136,8 +138,8 @@ def main(argv=None):
         raise ConfigError("--adapter_per_task needs an adapter: add --peft lora (or --peft_config_file)")
     configs = [model_args, mtl_args, adapter_args, transfer_args]
     accelerator = start_run(args, "nlptransfer-mtl", configs)
-    if mtl_args.adapter_per_task and zero_stage(accelerator) is not None:  # see tests/test_sharded.py
-        raise ConfigError("--adapter_per_task is not supported under DeepSpeed yet (it trains worse than under DDP)")
+    if mtl_args.adapter_per_task and zero_stage(accelerator) == 3:  # see tests/test_sharded.py
+        raise ConfigError("--adapter_per_task is not supported under ZeRO-3 yet (it trains worse than under ZeRO-2)")
     tokenizer = load_tokenizer(model_args)
     output_dir = Path(args.output_dir)
     common = (accelerator, tokenizer, model_args)
