@@ -1,5 +1,8 @@
-"""DeepSpeed on two CPU processes (gloo): the run really is ZeRO at world size 2, best-model selection
-happens, and the saved folder reloads in a fresh process to the recorded test score."""
+"""Sharded engines on two CPU processes (gloo): DeepSpeed ZeRO-2 and ZeRO-3 runs of the fine-tuning (full, LoRA),
+multi-task and distillation recipes really are ZeRO at world size 2, best-model selection happens, and the saved
+folder reloads in a fresh process to the recorded test score; a ZeRO-2 run resumes exactly and follows DDP's LR
+schedule; an engine that would not really run (FSDP on CPU, use_cpu with DeepSpeed) stops the run. The engines'
+behaviour behind each test: docs/guides/distributed.md."""
 
 import json
 import os
