@@ -1,6 +1,7 @@
 """The fine-tuning recipe end to end on the tiny model: learning, outputs, reload, resume, guards."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,21 @@ def test_best_model_selection_and_early_stopping(tiny_model, cls_files, tmp_path
     ]
     results = run_recipe(recipe_args(tiny_model, cls_files, tmp_path / "run", *args))
     assert results["train_steps"] == 6
+
+
+def test_restored_best_model_scores_the_recorded_best_not_the_last(tiny_model, cls_files, tmp_path, capsys):
+    """A run whose best validation loss is not its last: the restored model scores exactly the recorded best, and
+    not what the last evaluation saw (a high constant LR makes validation loss go back up)."""
+    args = ["--learning_rate", "2e-2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0"]
+    args += ["--eval_strategy", "steps", "--eval_steps", "5", "--max_steps", "60", "--metric_for_best_model", "loss"]
+    results = run_recipe(recipe_args(tiny_model, cls_files, tmp_path / "run", *args))
+    evaluations = re.findall(r"step (\d+): .*eval_loss=([0-9.]+)", capsys.readouterr().out)
+    last_step, last_loss = int(evaluations[-1][0]), float(evaluations[-1][1])
+    assert results["best_metric_name"] == "loss" and last_step == results["train_steps"] == 60
+    assert results["best_step"] < last_step  # the precondition: selection had something to restore
+    assert results["eval_loss"] == results["best_metric"]  # scored again after the restore: the same weights
+    assert abs(results["eval_loss"] - last_loss) > 1e-3  # ...and not the last weights
+    assert results["test_accuracy"] > 0.5  # it learned (chance: 1/3)
 
 
 def test_tensorboard_tracker_logs_eval_metrics(tiny_model, cls_files, tmp_path):
