@@ -157,14 +157,14 @@ def load_weights(accelerator: Accelerator, model: torch.nn.Module, path: str) ->
                     f"{path}: weights do not match the model (missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]})"
                 )
         named = [*module.named_parameters(), *((n, b) for n, b in module.named_buffers() if n in expected)]
+        zero3 = zero_stage(accelerator) == 3
         for name, tensor in named:
-            with gathered(accelerator, [tensor] if isinstance(tensor, torch.nn.Parameter) else [], modifier_rank=0):
+            partitioned = zero3 and isinstance(tensor, torch.nn.Parameter)  # re-partitioned from process 0 on exit
+            with gathered(accelerator, [tensor] if partitioned else [], modifier_rank=0):
                 if main:
                     tensor.data.copy_(weights.get_tensor(name))
-                if accelerator.num_processes > 1 and not (
-                    zero_stage(accelerator) == 3 and isinstance(tensor, torch.nn.Parameter)
-                ):
-                    torch.distributed.broadcast(tensor.data, src=0)
+            if accelerator.num_processes > 1 and not partitioned:
+                torch.distributed.broadcast(tensor.data, src=0)
 
 
 def parameters_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
