@@ -18,7 +18,7 @@ from pathlib import Path
 import mkdocs_gen_files
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
+RECIPES = ROOT / "nlptransfer" / "recipes"  # the recipes themselves; recipes/*.py in a checkout only call them
 MARK = "@@nlptransfer-options@@"
 log = logging.getLogger("mkdocs.plugins.gen_recipe_options")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +210,7 @@ class MultiTaskArguments:
                 entries = yaml.safe_load(text)
             except yaml.YAMLError as err:
                 raise ConfigError(f"--tasks: not a file and not a JSON/YAML list: {err}") from err
+            entries = expand_variables(entries, "--tasks")
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise ConfigError(f"--tasks: expected a non-empty list of task mappings, got {entries!r}"[:300])
         known = {f.name for f in dataclasses.fields(TaskArguments)}
@@ -478,15 +481,50 @@ class TrainArguments(RunArguments):
         return {"num_workers": self.dataloader_num_workers, "pin_memory": pin_memory}
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_variables(value: Any, where: str) -> Any:
+    """`${NAME}` and `${NAME:-default}` in the strings of a config (nested lists and mappings too) replaced by
+    the environment's value, e.g. `${NLPTRANSFER_DATA:-../shared/data}/trec/train.jsonl`."""
+    if isinstance(value, dict):
+        return {key: expand_variables(item, where) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_variables(item, where) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.groups()
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{where}: ${{{name}}} is not set in the environment (or write ${{{name}:-default}})")
+        return default
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def config_file(path: str, option: str = "--config", kind: str = "") -> Path:
+    """The file `path` names, or the shipped configuration of that name (`trec_sst2_conll`)."""
+    from nlptransfer.recipes import shipped_configs
+
+    if Path(path).is_file():
+        return Path(path)
+    shipped = shipped_configs(kind)
+    if path.removesuffix(".yaml") in shipped:
+        return shipped[path.removesuffix(".yaml")]
+    raise ConfigError(f"{option} {path}: no such file, nor a shipped configuration ({', '.join(shipped)})")
+
+
 def _yaml_to_argv(path: str) -> list[str]:
     """Turn a YAML mapping into flags, so argparse types and choices check the file's values too."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config {path}: no such file")
+    file = config_file(path)
     try:
         values = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
+    values = expand_variables(values, f"--config {path}")
     if values is None:
         return []
     if not isinstance(values, dict):
