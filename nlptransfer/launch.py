@@ -5,7 +5,8 @@ One process and no launcher configuration: the recipe runs in this process, exac
 so each process runs the same module: `--accelerate_config` (a file or a shipped name: ddp,
 deepspeed_zero2, deepspeed_zero3, fsdp, two_nodes_ddp) and `--num_processes N`. Several processes on a
 machine without CUDA become gloo CPU ranks (`--multi_gpu` with ACCELERATE_USE_CPU=1): accelerate's own
-`--cpu --num_processes N` silently runs one.
+`--cpu --num_processes N` silently runs one. Without a launcher configuration, `--mixed_precision auto` keeps
+its meaning there too (bf16 where the hardware is fast at it): `accelerate launch` alone would pass "no".
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def launch_command(
 ) -> tuple[list[str], dict[str, str]]:
     """(the `accelerate launch` command line, extra environment) for a multi-process or configured run."""
     from nlptransfer.config import config_file
+    from nlptransfer.training import resolve_mixed_precision
 
     command, env = [sys.executable, "-m", "accelerate.commands.launch"], {}
     if launcher.accelerate_config:
@@ -51,6 +53,8 @@ def launch_command(
             command += ["--multi_gpu"]
             if not cuda:  # gloo ranks on the CPU
                 env["ACCELERATE_USE_CPU"] = "1"
+    if not launcher.accelerate_config:  # `accelerate launch` would say "no" for the recipe's --mixed_precision auto
+        command += ["--mixed_precision", resolve_mixed_precision("auto") or "no"]
     return [*command, "--module", RECIPES[recipe], *recipe_args], env
 
 

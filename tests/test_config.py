@@ -65,3 +65,29 @@ def test_every_recipe_flag_set_prints_its_help():
         (ModelArguments, DomainArguments, TrainArguments),
     ):
         assert "--output_dir" in HfArgumentParser(types).format_help()
+
+
+def test_config_strings_read_environment_variables_with_defaults(tmp_path, monkeypatch):
+    from nlptransfer.config import DataArguments, ModelArguments, TrainArguments, parse_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("train_file: ${MY_DATA:-/default}/train.jsonl\noutput_dir: ${MY_OUT}/run\n")
+    monkeypatch.setenv("MY_OUT", str(tmp_path))
+    monkeypatch.delenv("MY_DATA", raising=False)
+    _, data, train = parse_args(ModelArguments, DataArguments, TrainArguments, args=["--config", str(config)])
+    assert data.train_file == "/default/train.jsonl" and train.output_dir == f"{tmp_path}/run"
+    monkeypatch.setenv("MY_DATA", "/mine")
+    _, data, _ = parse_args(ModelArguments, DataArguments, TrainArguments, args=["--config", str(config)])
+    assert data.train_file == "/mine/train.jsonl"
+    monkeypatch.delenv("MY_OUT")
+    with pytest.raises(ConfigError, match=r"--config .*run.yaml: \$\{MY_OUT\} is not set in the environment"):
+        parse_args(ModelArguments, DataArguments, TrainArguments, args=["--config", str(config)])
+
+
+def test_a_shipped_config_is_found_by_name():
+    from nlptransfer.config import config_file
+    from nlptransfer.recipes import configs_folder
+
+    assert config_file("trec_sst2_conll") == configs_folder() / "trec_sst2_conll.yaml"
+    assert config_file("meta_trec.yaml") == configs_folder() / "meta_trec.yaml"
+    assert config_file("ddp", kind="accelerate") == configs_folder() / "accelerate" / "ddp.yaml"
