@@ -462,6 +462,105 @@ def render_gpu_check(name: str, data: dict) -> str:
     return "\n\n".join([f"On {run}; {num(data['wall_s'], '.0f')} s in all.", table(data["checks"])])
 
 
+def render_export(name: str, data: dict) -> str:
+    scores, settings, export = data["scores"], data["settings"], data["export"]
+    header = [
+        "runtime",
+        "size (MiB)",
+        "batch 1 latency p50 / p90 (ms)",
+        f"batch {settings['throughput_batch']} texts/s",
+    ]
+    header += [f"{task_name(task)} {METRIC_NAMES.get(s['metric'], s['metric'])}" for task, s in scores.items()]
+    table = [
+        [row["runtime"], num(row["size_mib"], ".0f")]
+        + [f"{row['latency_ms_p50']:.1f} / {row['latency_ms_p90']:.1f}", f"{row['throughput_texts_per_s']:.0f}"]
+        + [f"{row['scores'][task][s['metric']]:.4f}" for task, s in scores.items()]
+        for row in data["rows"]
+    ]
+    table.append(["the run's own test figures (`all_results.json`)", "", "", ""])
+    table[-1] += [num(s["recorded"], ".4f") for s in scores.values()]
+    quantization = export["quantization"] or {}
+    return "\n\n".join(
+        [
+            markdown_table(header, table),
+            f"Run `{data['run']}`; {settings['threads']} threads for every runtime; latency over "
+            f"{settings['latency_texts']} TREC-6 test questions one at a time, throughput over "
+            f"{settings['throughput_texts']}, best of {settings['rounds']} rounds; scores on "
+            + ", ".join(f"`{f}`" for f in settings["test_files"].values())
+            + f" at max length {settings['max_length']}. Export: opset {export['opset']}, largest logit difference "
+            f"to PyTorch on the export's check batch {export['max_abs_difference_to_torch']:.1e}; int8: "
+            f"{quantization.get('method', '-')} quantization of {', '.join(quantization.get('op_types', []))} "
+            f"weights (onnxruntime {export['versions'].get('onnxruntime')}).",
+        ]
+    )
+
+
+def render_serve(name: str, data: dict) -> str:
+    rows, summary, settings = data["rows"], data["summary"], data["settings"]
+    parts = [
+        f"Settings: {settings['requests']} requests (queries) per system and concurrency, each one real text; "
+        f"best of {settings['rounds']} interleaved rounds; our servers at `--max_batch_size` "
+        f"{settings['max_batch_size']}, `--max_wait_ms` {settings['max_wait_ms']:g}, `--cpu_threads` "
+        f"{settings['cpu_threads'] or 'default'}, `--precision` {settings.get('precision', 'fp32')}."
+    ]
+    for comparison in dict.fromkeys(r["comparison"] for r in rows):
+        mine = [r for r in rows if r["comparison"] == comparison]
+        unit = mine[0]["unit"]
+        table = [
+            [r["system"], r["concurrency"], f"{r['per_s']:.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"]
+            + [", ".join(f"{x:.1f}" for x in r.get("rounds_per_s", []))]
+            for r in mine
+        ]
+        header = ["system", "concurrency", f"{unit}/s", "p50 ms", "p99 ms", f"{unit}/s per round"]
+        parts += [f"**{comparison}**", markdown_table(header, table)]
+    parts.append(
+        f"At concurrency {summary['concurrency']}: {summary['speedup_vs_naive']:.2f}x the requests/s of the naive "
+        f"server at its best ({summary['naive_baseline']}), p99 {summary['p99_ms']:.0f} ms against "
+        f"{summary['naive_p99_ms']:.0f} ms; the multi-task server answers "
+        f"{summary['multitask_speedup_vs_single_task_servers']:.2f}x the three-task queries/s of three single-task "
+        "servers."
+    )
+    runs = data.get("single_task_runs", {})
+    if runs:
+        scores = ", ".join(
+            f"{task_name(t)} {num(r.get('test_accuracy', r.get('test_f1')), '.4f')}" for t, r in runs.items()
+        )
+        parts.append(f"Single-task runs ({settings['train_steps']} training steps each; test score: {scores}).")
+    if data.get("bf16_agreement"):
+        same = ", ".join(f"{task_name(t)} {a['same']}/{a['texts']}" for t, a in data["bf16_agreement"].items())
+        parts.append(
+            f"bf16 weights against float32 on the multi-task run, test texts with the same answer (label; NER: every "
+            f"span): {same}."
+        )
+    parts.append("Targets:\n" + targets_list(summary["targets"]))
+    return "\n\n".join(parts)
+
+
+def render_serve_sweep(name: str, data: dict) -> str:
+    """Our server over a grid of batching settings: one row per setting, req/s and latency per concurrency."""
+    levels = list(dict.fromkeys(r["concurrency"] for r in data["sweep"]))
+    cells: dict[tuple, dict] = {}
+    for r in data["sweep"]:
+        cells.setdefault((r["cpu_threads"] or "default", r["max_batch_size"], r["max_wait_ms"]), {})[
+            r["concurrency"]
+        ] = r
+    table = [
+        [threads, size, f"{wait:g}"]
+        + [
+            f"{c[level]['per_s']:.0f} ({c[level]['p50_ms']:.0f} / {c[level]['p99_ms']:.0f})" if level in c else "-"
+            for level in levels
+        ]
+        for (threads, size, wait), c in cells.items()
+    ]
+    header = ["cpu_threads", "max_batch_size", "max_wait_ms"] + [f"c={n}: req/s (p50 / p99 ms)" for n in levels]
+    settings = data["settings"]
+    note = (
+        f"`nlptransfer serve` on the TREC-6 run at `--precision` {settings['precision']}, best of 2 runs of "
+        f"min({settings['sweep_requests']}, 50 x concurrency) requests per cell."
+    )
+    return "\n\n".join([note, markdown_table(header, table)])
+
+
 # ---- the page ------------------------------------------------------------------------------------------------
 
 # benchmark -> (title, what it compares: no numbers here, they all come from the JSONs)
@@ -542,8 +641,28 @@ BENCHMARKS = {
         "and a fresh LoRA adapter on the target. Accuracy, mean ± std over seeds; Δ in points against the head only, "
         "in bold where it is below by more than the std over seeds.",
     ),
+    "export": (
+        "ONNX export: PyTorch vs ONNX Runtime fp32 vs int8",
+        "`bench_export.py`: one run served by the same `Predictor` on each runtime in one process (PyTorch, also "
+        "under bf16 autocast on a CPU with bf16 matmuls; its `nlptransfer export onnx` graph in ONNX Runtime; that "
+        "graph with int8 dynamic quantization), all on the same threads, the runtimes "
+        "taking turns in each round. Latency includes tokenizing, not decoding. Scores are each task's test set "
+        "scored by the task kind's own code (CoNLL-2003: entity F1 over words, as the recipes score it).",
+    ),
+    "serve": (
+        "Serving: throughput and latency",
+        "`bench_serve.py`: `nlptransfer serve` on loopback under a bounded load (one real text per request, "
+        "concurrency 1, 8 and 32) against `naive_server.py`, FastAPI + uvicorn calling a transformers `pipeline` "
+        "per request with no batching (at torch's default threads and at one thread, in float32 and with bf16 "
+        "weights; the fastest at concurrency 32 is the baseline); and three-task queries "
+        "answered by the multi-task run in one request against three single-task servers (three requests, the "
+        "query lasting until the slowest answers). Client and servers share the machine's cores.",
+    ),
 }
 RENDERERS: dict[str, Callable[[str, dict], str]] = {
+    "export": render_export,
+    "serve": render_serve,
+    "serve_sweep": render_serve_sweep,
     "main_job": render_main_job,
     "finetune": render_finetune,
     "trainer": render_trainer,

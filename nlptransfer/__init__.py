@@ -33,8 +33,10 @@ from nlptransfer.errors import (
     run_main,
 )
 from nlptransfer.evaluation import evaluate, evaluate_tasks, predict_logits, prefixed
+from nlptransfer.export import export_onnx
 from nlptransfer.fusion import FusionArguments, apply_fusion, fold_fusion
 from nlptransfer.heads import HEADS
+from nlptransfer.inference import Predictor, load_predictor
 from nlptransfer.lifecycle import EvalSet, Fitted, finish_run, fit, multitask_eval_sets, task_eval_sets
 from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.metrics import classification_metrics, ner_metrics
@@ -81,6 +83,7 @@ __all__ = [
     "NlptransferError",
     "OutputDirError",
     "PaddingCollator",
+    "Predictor",
     "PushError",
     "Records",
     "RunArguments",
@@ -105,6 +108,7 @@ __all__ = [
     "eval_dataloader",
     "evaluate",
     "evaluate_tasks",
+    "export_onnx",
     "finish_run",
     "fit",
     "fold_fusion",
@@ -112,6 +116,7 @@ __all__ = [
     "kd_loss",
     "load_adapter_model",
     "load_model_for_task",
+    "load_predictor",
     "load_splits",
     "load_teacher",
     "load_tokenizer",

@@ -1,4 +1,4 @@
-"""The `nlptransfer` command: `models`, `predict`, `push`, `rank-models`. Training runs through the recipes."""
+"""The `nlptransfer` command: `run` (train with a recipe), `models`, `predict`, `export`, `serve`, `push`, `rank-models`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from nlptransfer.errors import (
     ConfigError,
     NlptransferError,
-    RunFolderError,
     debug_requested,
     report_user_error,
     without_debug_flag,
@@ -29,41 +28,40 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Run a saved run's model on texts (arguments or stdin lines) and print one JSON line each."""
-    from transformers import AutoConfig, pipeline
+    """Run a run's model (`--backend torch`) or its ONNX export (`--backend onnx`) on texts (arguments or stdin
+    lines) and print one JSON line each: {"text", "prediction"}, the prediction of a single-task run's task, or
+    {task: prediction} for a multi-task run. Sentence-pair models read FIRST<TAB>SECOND."""
+    from nlptransfer.inference import load_predictor
 
-    from nlptransfer.multitask import MultiTaskModel
-    from nlptransfer.resolve import load_error, resolve_model
-    from nlptransfer.runs import MULTITASK_FILE, run_kind
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
+    predictor = load_predictor(args.model, backend=args.backend, device=args.device)
+    if unknown := [name for name in args.tasks or [] if name not in predictor.task_names]:
+        raise ConfigError(f"--tasks {' '.join(unknown)}: not tasks of this model ({', '.join(predictor.task_names)})")
+    # read after the model loads: a bad folder is reported before stdin is waited on
+    lines = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    inputs: list = lines
+    if predictor.pair_input:
+        if untabbed := [line for line in lines if "\t" not in line]:
+            raise ConfigError(f"this model reads sentence pairs: give FIRST<TAB>SECOND, not {untabbed[0]!r}")
+        inputs = [tuple(line.split("\t", 1)) for line in lines]
+    single = predictor.kind != "multitask"
+    for start in range(0, len(lines), args.batch_size):
+        batch = predictor.predict(inputs[start : start + args.batch_size], tasks=args.tasks)
+        for text, prediction in zip(lines[start : start + args.batch_size], batch):
+            print(
+                json.dumps({"text": text, "prediction": prediction[predictor.task_names[0]] if single else prediction})
+            )
+    return 0
 
-    def texts() -> list[str]:  # read after the model loads: a bad folder is reported before stdin is waited on
-        return args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
 
-    kind = run_kind(args.model)
-    if kind == "multitask":  # a multi-task run: every task (or --tasks) per text
-        multi = MultiTaskModel.from_pretrained(args.model).to(args.device)
-        lines = texts()
-        for text, prediction in zip(lines, multi.predict(lines, tasks=args.tasks)):
-            print(json.dumps({"text": text, "prediction": prediction}))
-        return 0
-    if Path(args.model).is_dir() and kind not in ("model", "adapter"):
-        raise RunFolderError(
-            f"{args.model}: not a run folder (no config.json, adapter_config.json or {MULTITASK_FILE})"
-        )
-    model = resolve_model(args.model)
-    try:
-        architectures = AutoConfig.from_pretrained(model).architectures or []
-    except OSError as err:
-        raise load_error(args.model, err) from err
-    is_tagger = any(name.endswith("ForTokenClassification") for name in architectures)
-    task = "token-classification" if is_tagger else "text-classification"
-    options = {"aggregation_strategy": "first"} if is_tagger else {}
-    runner = pipeline(task, model=model, device=args.device, **options)
-    lines = texts()
-    for text, prediction in zip(lines, runner(lines)):
-        if is_tagger:
-            prediction = [{**item, "score": float(item["score"])} for item in prediction]
-        print(json.dumps({"text": text, "prediction": prediction}))
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run to a deployable format (ONNX: one graph with every task's output, its tokenizer, a manifest)."""
+    from nlptransfer.export import EXPORT_FORMATS
+
+    options = {"opset": args.opset} if args.opset is not None else {}
+    out = EXPORT_FORMATS[args.format](args.run, args.out, quantize=args.quantize, **options)
+    print(f"exported {args.run} to {out}")
     return 0
 
 
@@ -74,6 +72,21 @@ def cmd_push(args: argparse.Namespace) -> int:
     url = push_run(args.run_dir, args.repo_id, private=args.private, merged=args.merged)
     print(f"pushed {args.run_dir} to {url}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve runs over HTTP (FastAPI on uvicorn) with dynamic micro-batching until SIGTERM/SIGINT."""
+    from nlptransfer.serving import config_from_args
+    from nlptransfer.serving.server import serve
+
+    return serve(args.runs, config_from_args(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train with a recipe of the installed package (in this process, or through `accelerate launch`)."""
+    from nlptransfer.launch import run_recipe
+
+    return run_recipe(args.recipe, args.recipe_args)
 
 
 def cmd_rank_models(args: argparse.Namespace) -> int:
@@ -128,22 +141,56 @@ def cmd_rank_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "run": (cmd_run, "train: run a recipe (finetune, mtl, distill, domain-adapt, meta) from any directory"),
     "models": (cmd_models, "list offline model aliases and whether their packages are installed"),
-    "predict": (cmd_predict, "predict with a saved model folder"),
+    "predict": (cmd_predict, "predict with a saved run (--backend torch) or its ONNX export (--backend onnx)"),
+    "export": (cmd_export, "export a run to ONNX (one graph for every task; --quantize int8)"),
     "push": (cmd_push, "push a run folder to the Hub with a model card"),
+    "serve": (cmd_serve, "serve runs over HTTP: TEI-compatible /predict, every task from one pass, batching"),
     "rank-models": (cmd_rank_models, "rank candidate encoders for a task without fine-tuning (LogME, H-score)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nlptransfer.serving import add_serve_arguments  # flags from ServeConfig; no web framework imported
+
     parser = argparse.ArgumentParser(prog="nlptransfer", description="Adapt pretrained encoders to new NLP tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help=COMMANDS["run"][1],
+        description="Run a training recipe. One process: in this process (like `python -m "
+        "nlptransfer.recipes.NAME`); --num_processes N or --accelerate_config F (a file, or a shipped name: "
+        "ddp, deepspeed_zero2, deepspeed_zero3, fsdp, two_nodes_ddp): through `accelerate launch`, with gloo "
+        "CPU ranks where there is no GPU. Every other flag is the recipe's (`nlptransfer run mtl --help`); "
+        "`--config NAME` finds a shipped configuration (trec_sst2_conll, meta_trec) by name.",
+    )
+    run.add_argument("recipe", help="finetune, mtl, distill, domain-adapt or meta")
+    run.add_argument("recipe_args", nargs=argparse.REMAINDER, help="the recipe's flags, and the launcher's")
     sub.add_parser("models", help=COMMANDS["models"][1])
     predict = sub.add_parser("predict", help=COMMANDS["predict"][1])
     predict.add_argument("model", help="output_dir of a run (or a Hub id)")
     predict.add_argument("texts", nargs="*", help="texts to classify or tag; read from stdin when none")
     predict.add_argument("--device", default="cpu")
     predict.add_argument("--tasks", nargs="+", default=None, help="multi-task runs: which tasks (default: all)")
+    predict.add_argument(
+        "--backend", default="torch", help="torch (a run folder) or onnx (an `nlptransfer export onnx` folder)"
+    )
+    predict.add_argument("--batch_size", type=int, default=32, help="texts per forward pass")
+    export = sub.add_parser("export", help=COMMANDS["export"][1])
+    formats = export.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser(
+        "onnx",
+        help="one ONNX graph (every task's output, dynamic batch and sequence axes), tokenizer, manifest",
+        description="Export a run folder (fine-tuned, LoRA or multi-task) to the new or empty folder OUT: "
+        "model.onnx, the tokenizer and nlptransfer_onnx.json. Predict with `nlptransfer predict OUT --backend onnx`.",
+    )
+    onnx.add_argument("run", help="output_dir of a run")
+    onnx.add_argument("out", help="new (or empty) folder for the export; never overwritten")
+    onnx.add_argument(
+        "--quantize", default=None, help="int8: also write model_int8.onnx (dynamic quantization), the default graph"
+    )
+    onnx.add_argument("--opset", type=int, default=None, help="ONNX opset (default: export.DEFAULT_OPSET, 18)")
     push = sub.add_parser("push", help=COMMANDS["push"][1])
     push.add_argument("run_dir", help="output_dir of a run")
     push.add_argument("repo_id", help="namespace/name on the Hub")
@@ -151,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--merged", action="store_true", help="push run_dir/merged (a --merge export) instead of the adapter"
     )
+    serve = sub.add_parser("serve", help=COMMANDS["serve"][1], description=COMMANDS["serve"][1])
+    add_serve_arguments(serve)
     rank = sub.add_parser(
         "rank-models",
         help=COMMANDS["rank-models"][1],

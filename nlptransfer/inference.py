@@ -7,7 +7,8 @@ only part that differs between PyTorch and an exported ONNX graph, so both answe
     single-task run (model, or adapter merged into its base at load)  ->  one task, named after the run's kind
     multi-task run                                                      ->  every task, from one encoder pass
 
-Backends are registered in `BACKENDS` by name (`torch`; `onnx` once an export module registers it).
+Backends are registered in `BACKENDS` by name: `torch` reads a run folder, `onnx` an export of one
+(`nlptransfer.export`) through ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from nlptransfer.errors import ConfigError, RunFolderError
-from nlptransfer.runs import MULTITASK_FILE, read_task_info, run_kind
+from nlptransfer.runs import MULTITASK_FILE, ONNX_FILE, read_json, read_task_info, run_kind
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
 
 Text = str | tuple[str, str]
 """A text, or a (first, second) pair for sentence-pair tasks."""
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""`TorchTaskModel`'s inputs, in its order; an export keeps those its tokenizer makes."""
 
 
 class Backend(Protocol):
@@ -160,6 +163,8 @@ def load_task_model(run: str | Path) -> tuple[TorchTaskModel, list[TaskSpec], Pr
 
     run = str(run)
     kind = run_kind(run)
+    if kind == "onnx":
+        raise RunFolderError(f"{run}: an ONNX export, not a run folder; load it with the onnx backend (--backend onnx)")
     if kind == "multitask":
         multi = MultiTaskModel.from_pretrained(run).eval()
         specs = list(multi.tasks.values())
@@ -191,9 +196,13 @@ def load_task_model(run: str | Path) -> tuple[TorchTaskModel, list[TaskSpec], Pr
     return TorchTaskModel(model.eval(), [spec.name], multitask=False).eval(), [spec], tokenizer, kind or "model"
 
 
-def torch_backend(run: str | Path, device: str = "cpu") -> tuple[Backend, list[TaskSpec], PreTrainedTokenizerBase, str]:
+def torch_backend(
+    run: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
+) -> tuple[Backend, list[TaskSpec], PreTrainedTokenizerBase, str]:
+    """`dtype` (e.g. torch.bfloat16, for `serve --precision`) casts the weights once at load; logits come back
+    as float32 whatever it is."""
     module, specs, tokenizer, kind = load_task_model(run)
-    module = module.to(device)
+    module = module.to(device, dtype=dtype)
 
     @torch.inference_mode()
     def forward(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -204,14 +213,64 @@ def torch_backend(run: str | Path, device: str = "cpu") -> tuple[Backend, list[T
     return forward, specs, tokenizer, kind
 
 
+# ---- the ONNX Runtime backend (an export of `nlptransfer.export`) -----------------------------------------
+ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+"""--device -> the ONNX Runtime execution provider that runs the graph."""
+
+
+def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session for one graph: all graph optimisations, one operator at a time on `threads`
+    threads (default: as many as PyTorch uses, so both backends get the same cores)."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ConfigError("the onnx backend needs onnxruntime: pip install 'nlptransfer[export]'") from err
+    if device not in ONNX_PROVIDERS:
+        raise ConfigError(f"--device {device!r}: the onnx backend runs on {', '.join(ONNX_PROVIDERS)}")
+    if ONNX_PROVIDERS[device] not in onnxruntime.get_available_providers():
+        raise ConfigError(f"--device {device}: this onnxruntime has no {ONNX_PROVIDERS[device]}")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL  # an encoder is one chain of operators
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=[ONNX_PROVIDERS[device]])
+
+
+def onnx_backend(
+    export: str | Path, device: str = "cpu"
+) -> tuple[Backend, list[TaskSpec], PreTrainedTokenizerBase, str]:
+    """An export folder's default graph (its quantized one when it has one), or one `.onnx` file of it."""
+    folder = Path(export)
+    graph = folder if folder.suffix == ".onnx" and folder.is_file() else None
+    folder = folder.parent if graph else folder
+    manifest = read_json(folder / ONNX_FILE)
+    if manifest is None:
+        if kind := run_kind(folder):
+            raise RunFolderError(
+                f"{export}: a {kind} run folder, not an ONNX export; export it first: nlptransfer export onnx {export} OUT"
+            )
+        raise RunFolderError(f"{export}: no {ONNX_FILE}; not an ONNX export (nlptransfer export onnx RUN OUT)")
+    session = onnx_session(graph or folder / manifest["default_file"], device)
+    specs = [TaskSpec(**task) for task in manifest["tasks"]]
+    names, fed = manifest["outputs"], [node.name for node in session.get_inputs()]
+
+    def forward(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {name: inputs[name] for name in fed})))
+
+    return forward, specs, AutoTokenizer.from_pretrained(folder), manifest["run_kind"]
+
+
 BACKENDS: dict[str, Callable[..., tuple[Backend, list[TaskSpec], PreTrainedTokenizerBase, str]]] = {
     "torch": torch_backend,
+    "onnx": onnx_backend,
 }
 """name -> loader(run, device) returning (backend, task specs, tokenizer, run kind)."""
 
 
 def load_predictor(run: str | Path, backend: str = "torch", device: str = "cpu", max_length: int = 128) -> Predictor:
-    """A `Predictor` for a run folder (or Hub id) on the named backend."""
+    """A `Predictor` for a run folder (or Hub id) on the named backend; for `onnx`, an export folder (or one
+    `.onnx` file in it)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}")
     forward, specs, tokenizer, kind = BACKENDS[backend](run, device)

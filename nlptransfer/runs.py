@@ -9,6 +9,8 @@ A leaf: it imports nothing of ours. Everything that reads a run folder (predict,
     encoder    config.json + nlptransfer_meta.json: a meta-learned encoder without a head
 
 Every kind also holds the tokenizer, `all_results.json` and the resolved arguments (`run_config.yaml`).
+An ONNX export of a run (`nlptransfer export onnx`) is a folder of its own kind, `onnx`: model.onnx (and a
+quantized graph beside it), the tokenizer and `nlptransfer_onnx.json`; only the onnx backend reads it.
 A multi-task folder's format is versioned (`MULTITASK_FORMAT_VERSION`): older folders' weights load renamed.
 """
 
@@ -32,11 +34,16 @@ CONFIG_FILE = "run_config.yaml"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "nlptransfer_onnx.json"
+"""The manifest of an ONNX export: tasks with their labels, input and output names, files, source run, versions."""
+ONNX_MODEL_FILE = "model.onnx"
+ONNX_FORMAT_VERSION = 1
 MERGED_DIR = "merged"
 """`--merge`: the adapter folded into a plain model, beside the adapter."""
 
 RUN_KINDS = {
     # the first whose marker file exists wins: a multi-task folder also has no config.json, an adapter no model
+    "onnx": ONNX_FILE,
     "multitask": MULTITASK_FILE,
     "adapter": ADAPTER_CONFIG_FILE,
     "encoder": META_FILE,
@@ -45,7 +52,7 @@ RUN_KINDS = {
 
 
 def run_kind(path: str | Path) -> str | None:
-    """`multitask`, `adapter`, `encoder` or `model` for a local run folder; None when it is none of them."""
+    """`multitask`, `adapter`, `encoder`, `model` (or `onnx`, an export) for a local folder; None when it is none."""
     folder = Path(path)
     return next((kind for kind, marker in RUN_KINDS.items() if (folder / marker).is_file()), None)
 
