@@ -171,3 +171,27 @@ def test_an_export_folder_holds_the_graph_tokenizer_and_manifest(exports, capsys
     capsys.readouterr()
     assert cli(["predict", str(exports["classification"]), "a good match with the coach", "--backend", "onnx"]) == 0
     assert json.loads(capsys.readouterr().out)["prediction"]["label"] == "sport"
+
+
+def test_the_server_answers_from_an_export_as_predict_does(exports):
+    """`nlptransfer serve OUT --backend onnx`: the app over the exported multi-task graph (fp32 file), in process."""
+    from starlette.testclient import TestClient
+
+    from nlptransfer.serving.app import build_app
+    from nlptransfer.serving.config import ServeConfig
+    from nlptransfer.serving.metrics import ServeMetrics
+    from nlptransfer.serving.server import load_models
+
+    texts = ["Anna visited Paris today .", "the new pasta story today"]
+    config = ServeConfig(backend="onnx", precision="fp32")
+    models = load_models([f"mtl={exports['multitask'] / 'model.onnx'}"], config, ServeMetrics())
+    expected = load_predictor(exports["multitask"] / "model.onnx", backend="onnx").predict(texts)
+    with TestClient(build_app(models, config)) as client:
+        answer = client.post("/predict/tasks", json={"inputs": texts})
+        assert answer.status_code == 200, answer.text
+        assert _rounded(answer.json()) == _rounded(expected)
+        info = client.get("/info").json()
+    assert info["models"][0]["backend"] == "onnx" and [t["name"] for t in info["models"][0]["tasks"]] == [
+        "topic",
+        "people",
+    ]
