@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from nlptransfer import TASK_KINDS, MultiTaskArguments, MultiTaskModel
+from nlptransfer.config import expand_variables
 from nlptransfer.readers import read_file
 from nlptransfer.training import cpu_cores
 
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument("--serving_texts_per_task", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5, help="serving rounds (each times both systems)")
     args = parser.parse_args()
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = expand_variables(yaml.safe_load(Path(args.config).read_text()), args.config)  # ${NLPTRANSFER_DATA:-...}
     if args.quick:
         config["num_train_epochs"] = 1
         for task in config["tasks"]:

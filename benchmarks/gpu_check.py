@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from nlptransfer.config import expand_variables
+
 from _common import DATA, ROOT, benchmark_parser, markdown_table, results_path, write_results
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -237,10 +239,9 @@ def lora_merge(ctx: Context) -> dict:
 
 def mtl_config(ctx: Context) -> Path:
     """The shipped multi-task config with its data paths under $NLPTRANSFER_DATA (and, dry, small slices)."""
-    config = yaml.safe_load(MTL_CONFIG.read_text())
+    os.environ["NLPTRANSFER_DATA"] = str(DATA)  # where the shipped config reads its data (${NLPTRANSFER_DATA:-...})
+    config = expand_variables(yaml.safe_load(MTL_CONFIG.read_text()), str(MTL_CONFIG))
     for task in config["tasks"]:
-        for key in [k for k in task if k.endswith("_file")]:
-            task[key] = str(DATA / Path(task[key]).relative_to("../shared/data"))
         if ctx.mode.mtl_rows:
             task |= {f"max_{s}_samples": ctx.mode.mtl_rows for s in ("train", "eval", "test")}
     path = ctx.workdir / "mtl.yaml"
