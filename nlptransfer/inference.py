@@ -268,10 +268,12 @@ BACKENDS: dict[str, Callable[..., tuple[Backend, list[TaskSpec], PreTrainedToken
 """name -> loader(run, device) returning (backend, task specs, tokenizer, run kind)."""
 
 
-def load_predictor(run: str | Path, backend: str = "torch", device: str = "cpu", max_length: int = 128) -> Predictor:
+def load_predictor(
+    run: str | Path, backend: str = "torch", device: str = "cpu", max_length: int = 128, **options
+) -> Predictor:
     """A `Predictor` for a run folder (or Hub id) on the named backend; for `onnx`, an export folder (or one
-    `.onnx` file in it)."""
+    `.onnx` file in it). `options` go to the backend's loader (the torch backend's `dtype`)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}")
-    forward, specs, tokenizer, kind = BACKENDS[backend](run, device)
+    forward, specs, tokenizer, kind = BACKENDS[backend](run, device, **options)
     return Predictor(tokenizer, specs, forward, name=Path(str(run)).name, kind=kind, max_length=max_length)

@@ -180,45 +180,21 @@ def killed_at_batch(n: int):
 def trained_runs(tiny_model, cls_files, ner_files, tmp_path_factory) -> dict[str, Path]:
     """One trained run folder of each kind that serving and export handle, on the tiny model (~20 s):
     classification, NER, a LoRA classification adapter and a two-task (classification + NER) model."""
-    import yaml
-
     from nlptransfer.runs import RESULTS_FILE
 
+    from test_adapters import LORA  # the settings the recipes' own tests train with
+    from test_mtl_recipe import mtl_config
+    from test_recipe import FAST
+
     root = tmp_path_factory.mktemp("runs")
-    fast = ["--learning_rate", "2e-3", "--warmup_ratio", "0.1", "--per_device_train_batch_size", "16"]
     finetune = str(REPO / "recipes" / "finetune.py")
     runs = {"classification": root / "cls", "ner": root / "ner", "lora": root / "lora", "multitask": root / "mtl"}
-    run_script(finetune, recipe_args(tiny_model, cls_files, runs["classification"], *fast, "--num_train_epochs", "4"))
+    run_script(finetune, recipe_args(tiny_model, cls_files, runs["classification"], *FAST, "--num_train_epochs", "4"))
     ner = ["--task_type", "ner", "--num_train_epochs", "4"]
-    run_script(finetune, recipe_args(tiny_model, ner_files, runs["ner"], *fast, *ner))
-    lora = [
-        "--peft",
-        "lora",
-        "--lora_r",
-        "8",
-        "--lora_target_modules",
-        "query",
-        "key",
-        "value",
-        "attention.output.dense",
-    ]
-    lora += ["--learning_rate", "5e-3", "--warmup_ratio", "0.1", "--per_device_train_batch_size", "16"]
-    run_script(finetune, recipe_args(tiny_model, cls_files, runs["lora"], *lora, "--num_train_epochs", "6"))
-    config = {
-        "model_name_or_path": tiny_model,
-        "output_dir": str(runs["multitask"]),
-        "learning_rate": 2e-3,
-        "warmup_ratio": 0.1,
-        "per_device_train_batch_size": 16,
-        "num_train_epochs": 4,
-        "disable_tqdm": True,
-        "tasks": [
-            {"name": "topic", "task_type": "classification", **{f"{s}_file": f for s, f in cls_files.items()}},
-            {"name": "people", "task_type": "ner", **{f"{s}_file": f for s, f in ner_files.items()}},
-        ],
-    }
-    (root / "mtl.yaml").write_text(yaml.safe_dump(config))
-    run_script(str(REPO / "recipes" / "mtl.py"), ["--config", str(root / "mtl.yaml")])
+    run_script(finetune, recipe_args(tiny_model, ner_files, runs["ner"], *FAST, *ner))
+    run_script(finetune, recipe_args(tiny_model, cls_files, runs["lora"], *LORA, "--num_train_epochs", "6"))
+    config = mtl_config(root, tiny_model, cls_files, ner_files, num_train_epochs=4)  # its output_dir: root / "mtl"
+    run_script(str(REPO / "recipes" / "mtl.py"), ["--config", str(config)])
     for folder in runs.values():
         assert (folder / RESULTS_FILE).is_file()
     return runs

@@ -13,12 +13,11 @@ keeps the precision it was exported with (`--quantize`), so other backends ignor
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from nlptransfer.errors import ConfigError
-from nlptransfer.inference import Predictor, load_predictor, torch_backend
+from nlptransfer.inference import Predictor, load_predictor
 
 
 def bf16_is_fast(device_type: str) -> bool:
@@ -43,12 +42,9 @@ def load_served_predictor(
 ) -> Predictor:
     """`load_predictor`, with the torch backend's weights in the `precision` asked for."""
     dtype = PRECISIONS[precision](torch.device(device).type)
-    if dtype is None or (backend != "torch" and precision == "auto"):
-        predictor = load_predictor(run, backend=backend, device=device, max_length=max_length)
-    elif backend != "torch":
+    if dtype is not None and backend != "torch" and precision != "auto":
         raise ConfigError(f"--precision {precision} needs --backend torch; an {backend} model keeps its own")
-    else:
-        forward, specs, tokenizer, kind = torch_backend(run, device, dtype=dtype)
-        predictor = Predictor(tokenizer, specs, forward, name=Path(run).name, kind=kind, max_length=max_length)
+    options = {"dtype": dtype} if dtype is not None and backend == "torch" else {}
+    predictor = load_predictor(run, backend=backend, device=device, max_length=max_length, **options)
     predictor.name = name or predictor.name
     return predictor
