@@ -561,6 +561,57 @@ def render_serve_sweep(name: str, data: dict) -> str:
     return "\n\n".join([note, markdown_table(header, table)])
 
 
+def render_multilabel(name: str, data: dict) -> str:
+    rows = [
+        [
+            s["system"],
+            f"{s['parameters'] / 1e6:.1f}M",
+            s["seeds"],
+            spread(s["test_macro_f1"], s["test_macro_f1_std"], ".4f", s["seeds"]),
+            num(s["test_micro_f1"], ".4f"),
+            num(s["train_runtime_s"], ".0f"),
+            num(s["peak_rss_mib"], ".0f"),
+        ]
+        for s in data["summary"]
+    ]
+    rows += [[system, f"{params / 1e6:.0f}M", "", f"{f1:.3f} (published: {source})", "", "", ""]
+             for system, params, f1, source in data["published"]]  # fmt: skip
+    header = ["system", "parameters", "seeds", "test macro F1", "test micro F1", "train s", "peak RSS MiB"]
+    return f"{data['epochs']:g} epochs, bf16: {data['bf16']}.\n\n" + markdown_table(header, rows)
+
+
+def render_threshold_choice(name: str, data: dict) -> str:
+    rows = [[rule, spread(mean, std, ".4f", data["halves"])] for rule, (mean, std) in data["summary"].items()]
+    note = f"Run `{Path(data['run']).name}`; thresholds tuned on one half of validation, scored on the other "
+    note += f"({data['halves']} halves)."
+    return note + "\n\n" + markdown_table(["rule", "held-out macro F1"], rows)
+
+
+def render_imbalance(name: str, data: dict) -> str:
+    rows = [
+        [s["system"], s["seeds"], spread(s["test_macro_f1"], s["std"], ".4f", s["seeds"]), num(s["accuracy"], ".4f")]
+        for s in data["summary"]
+    ]
+    counts = data["train_counts"]
+    note = f"Training: {counts['negative']} negative, {counts['positive']} positive sentences."
+    return note + "\n\n" + markdown_table(["system", "seeds", "test macro F1", "test accuracy"], rows)
+
+
+def render_long_text(name: str, data: dict) -> str:
+    rows = [
+        [r["domain"], r["system"], num(r["test_accuracy"], ".4f"), num(r["eval_accuracy"], ".4f"),
+         num(r["train_runtime_s"], ".0f"), num(r["peak_rss_mib"], ".0f")]
+        for r in data["rows"]
+    ]  # fmt: skip
+    lengths = "; ".join(
+        f"{domain}: median {v['median']}, 90th percentile {v['p90']}, {100 * v['over_128']:.0f}% over 128, "
+        f"{100 * v['over_512']:.0f}% over 512"
+        for domain, v in data["test_token_lengths"].items()
+    )
+    header = ["domain", "system", "test accuracy", "validation accuracy", "train s", "peak RSS MiB"]
+    return f"Test review lengths in tokens: {lengths}.\n\n" + markdown_table(header, rows)
+
+
 # ---- the page ------------------------------------------------------------------------------------------------
 
 # benchmark -> (title, what it compares: no numbers here, they all come from the JSONs)
@@ -658,8 +709,35 @@ BENCHMARKS = {
         "answered by the multi-task run in one request against three single-task servers (three requests, the "
         "query lasting until the slowest answers). Client and servers share the machine's cores.",
     ),
+    "multilabel": (
+        "Multi-label classification (GoEmotions)",
+        "`bench_multilabel.py`: `recipes/finetune.py --task_type multilabel` with its defaults against a plain "
+        "`Trainer` (`trainer_multilabel.py`) given the same learning rate, warm-up, epochs, batch size, bf16 choice, "
+        "best epoch on validation and threshold choice on validation; published BERT-base figures for reference. "
+        "`threshold_choice.py`: per-label vs one global threshold, judged on validation halves alone.",
+    ),
+    "threshold_choice": (
+        "Multi-label thresholds: which rule generalises",
+        "`threshold_choice.py`: a trained multi-label run's validation predictions split in halves many times; "
+        "thresholds tuned on one half by each rule, macro F1 on the other. No test label takes part.",
+    ),
+    "imbalance": (
+        "Class imbalance: --class_weights",
+        "`bench_imbalance.py`: SST-2 with positives cut to 10% of training, with and without `--class_weights "
+        "balanced`; test is SST-2 validation (about half positive).",
+    ),
+    "long_text": (
+        "Long texts: truncate vs chunk vs a longer window",
+        "`bench_long_text.py`: Amazon reviews per domain (seeded 1,400 / 200 / 400 split), `recipes/finetune.py` "
+        "with its defaults at a 128-token window truncated, chunked (`--long_text chunk`, mean of the windows' "
+        "logits), and at a 512-token window.",
+    ),
 }
 RENDERERS: dict[str, Callable[[str, dict], str]] = {
+    "multilabel": render_multilabel,
+    "threshold_choice": render_threshold_choice,
+    "imbalance": render_imbalance,
+    "long_text": render_long_text,
     "export": render_export,
     "serve": render_serve,
     "serve_sweep": render_serve_sweep,

@@ -11,9 +11,15 @@ from torch.utils.data import DataLoader, Sampler
 PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
 
 
+def multi_hot(value) -> bool:
+    """A list of floats is a multi-label target (one per label, the same width in every row): never padded."""
+    return bool(value) and isinstance(value[0], float)
+
+
 class PaddingCollator:
     """Pad every list field to the longest in the batch, rounded up to `pad_to_multiple_of` when given
-    (tensor cores run widths that are multiples of 8 fastest); `feature_index` lets scoring find each row."""
+    (tensor cores run widths that are multiples of 8 fastest), but multi-hot targets (`multi_hot`);
+    `feature_index` lets scoring find each row."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_values = {"input_ids": pad_token_id, **PAD_VALUES}
@@ -28,7 +34,7 @@ class PaddingCollator:
         batch = {}
         for key in features[0]:
             values = [feature[key] for feature in features]
-            if isinstance(values[0], list):
+            if isinstance(values[0], list) and not multi_hot(values[0]):
                 width = self.width(max(len(value) for value in values))
                 pad = self.pad_values.get(key, 0)
                 batch[key] = torch.tensor([value + [pad] * (width - len(value)) for value in values])
@@ -56,7 +62,7 @@ class MultiTaskCollator(PaddingCollator):
             rows = [f for f in features if f["task_ids"] == index]
             if not rows:
                 continue
-            if isinstance(rows[0]["labels"], list):
+            if isinstance(rows[0]["labels"], list) and not multi_hot(rows[0]["labels"]):
                 labels[name] = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in rows])
             else:
                 labels[name] = torch.tensor([f["labels"] for f in rows])

@@ -25,7 +25,7 @@ from transformers import HfArgumentParser
 from nlptransfer.errors import ConfigError
 from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.sampling import build_task_sampler
-from nlptransfer.tasks import TASK_KINDS, TaskSpec
+from nlptransfer.tasks import TASK_KINDS, THRESHOLD_TUNING, TaskSpec, check_long_text
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -58,7 +58,8 @@ class DataArguments:
         default="classification",
         metadata={
             "help": "Kind of task: classification (one text or a pair), pair_classification (needs "
-            "--text_pair_column_name), regression (a number per text or pair), or ner (word tags)."
+            "--text_pair_column_name), multilabel (any number of classes per text: a list of names, or one "
+            "string of names separated by commas), regression (a number per text or pair), or ner (word tags)."
         },
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, read with `datasets`."})
@@ -88,8 +89,41 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation examples."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples."})
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weigh the loss per class: `balanced` (classification: n / (classes x count); multilabel: "
+            "BCE pos_weight = negatives / positives per label), or a JSON file of {label: weight} (missing "
+            "labels weigh 1) or a list in label order. Default: every class alike."
+        },
+    )
+    long_text: str = field(
+        default="truncate",
+        metadata={
+            "help": "(Pair) classification, multilabel, regression: texts longer than --max_seq_length are "
+            "`truncate`d, or `chunk`ed into windows overlapping by --doc_stride tokens, each trained with the "
+            "text's label; at evaluation and in predict/serve the windows' logits are pooled (--chunk_pooling) "
+            "into the text's. NER always splits long sentences into windows."
+        },
+    )
+    doc_stride: int = field(default=32, metadata={"help": "--long_text chunk: tokens two windows share."})
+    chunk_pooling: str = field(
+        default="mean", metadata={"help": "--long_text chunk: `mean` or `max` of the windows' logits."}
+    )
+    threshold_tuning: str = field(
+        default="per_label",
+        metadata={
+            "help": "Multilabel: how validation chooses the probability at which a label is predicted: "
+            "`per_label` (each label's best F1; labels absent from validation take the global one), `global` "
+            "(one threshold, best macro F1), or `fixed` (0.5). Saved with the model; used by predict/serve."
+        },
+    )
 
     def __post_init__(self):
+        if self.threshold_tuning not in THRESHOLD_TUNING:
+            raise ConfigError(
+                f"--threshold_tuning {self.threshold_tuning!r}: choose one of {', '.join(THRESHOLD_TUNING)}"
+            )
         if self.task_type not in TASK_KINDS:
             raise ConfigError(f"--task_type {self.task_type!r} is not known; choose one of {sorted(TASK_KINDS)}")
         TASK_KINDS[self.task_type].check_spec(TaskSpec.from_data_args(self))
@@ -101,6 +135,9 @@ class DataArguments:
             )
         if self.max_seq_length < 8:
             raise ConfigError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
+        check_long_text(TaskSpec.from_data_args(self))
+        if self.long_text == "chunk" and TASK_KINDS[self.task_type].head == "token":
+            raise ConfigError("--long_text chunk is for text classification; NER splits long sentences by itself")
 
 
 @dataclass
@@ -347,6 +384,13 @@ class TrainArguments(RunArguments):
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     # 1e-4 with 10% warm-up: chosen on a held-out 10% of TREC train (0.941 vs 0.921 for 5e-5), see README
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of AdamW."})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the head (the weights outside the encoder's embeddings and layers: task "
+            "heads); default --learning_rate. A new head starts from random weights and can take a larger one."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -57,16 +59,25 @@ def carve_validation(train: Records, percentage: int, seed: int) -> tuple[Record
 
 
 def encode_splits(
-    splits: dict[str, Records], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+    splits: dict[str, Records],
+    spec: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    class_weights: str | None = None,
 ) -> dict[str, Encoded]:
     """Validate every split, take the label set from train (unless `spec.labels` is set), tokenize.
 
     Kinds without a label set (regression) skip the label set: `spec.labels` is left as it is.
+    `class_weights` (`--class_weights`: "balanced" or a JSON file) sets `spec.class_weights`.
     """
     kind = TASK_KINDS[spec.kind]
     checked = {split: kind.check(records, spec) for split, records in splits.items()}
     if kind.has_label_set:
         _fix_label_set(splits, checked, spec, kind)
+    if class_weights == "balanced":
+        spec.class_weights = kind.balanced_weights(checked["train"], spec)
+    elif class_weights:
+        spec.class_weights = read_class_weights(class_weights, spec)
     return {split: kind.encode(splits[split], checked[split], tokenizer, spec, max_length) for split in splits}
 
 
@@ -79,7 +90,7 @@ def _fix_label_set(splits: dict[str, Records], checked: dict[str, list], spec: T
         for index, row_labels in enumerate(labels):
             for name in row_labels if isinstance(row_labels, list) else [row_labels]:
                 if name not in known:
-                    column = spec.tags_column if isinstance(row_labels, list) else spec.label_column
+                    column = spec.tags_column if kind.head == "token" else spec.label_column
                     raise DataError(
                         f"{splits[split].where(index)}: label {name!r} in field {column!r} was not seen in the "
                         f"training data (known: {', '.join(spec.labels)})"
@@ -88,3 +99,30 @@ def _fix_label_set(splits: dict[str, Records], checked: dict[str, list], spec: T
 
 def _flatten(labels: list) -> list[str]:
     return [name for row in labels for name in (row if isinstance(row, list) else [row])]
+
+
+def read_class_weights(path: str, spec: TaskSpec) -> list[float]:
+    """`--class_weights FILE`: a JSON object {label: weight} (labels left out weigh 1) or a list of weights in
+    label order; every weight a positive number."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"--class_weights {path}: no such file; expected `balanced` or a JSON file of weights")
+    try:
+        given = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    if isinstance(given, list):
+        if len(given) != len(spec.labels):
+            raise DataError(
+                f"{path}: {len(given)} weights for {len(spec.labels)} labels ({', '.join(spec.labels)}); "
+                "a list gives one weight per label in that order"
+            )
+        given = dict(zip(spec.labels, given))
+    if not isinstance(given, dict):
+        raise DataError(f"{path}: expected a JSON object {{label: weight}} or a list of weights")
+    for name, weight in given.items():
+        if name not in spec.label2id:
+            raise DataError(f"{path}: label {name!r} is not one of the task's labels ({', '.join(spec.labels)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise DataError(f"{path}: field {name!r} holds {weight!r}; expected a positive number")
+    return [float(given.get(name, 1.0)) for name in spec.labels]

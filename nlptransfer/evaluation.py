@@ -52,7 +52,7 @@ def host_loss(encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> flo
         labels = pad_sequence(labels, batch_first=True, padding_value=-100)
     else:
         scores, labels = torch.stack(scores), torch.stack(labels)
-    return float(kind.loss(scores, labels))
+    return float(kind.loss(scores, labels, spec.class_weights))
 
 
 def evaluate(
@@ -62,9 +62,15 @@ def evaluate(
     encoded: Encoded,
     spec: TaskSpec,
     task: str | None = None,
+    calibrate: bool = False,
 ) -> dict[str, float]:
+    """The kind's metrics, `loss` and `samples` of one split; `calibrate` (the validation split) first fits
+    into `spec` what the kind chooses on these predictions (a multi-label task's thresholds)."""
     logits = predict_logits(accelerator, model, loader, len(encoded.features), task)
-    metrics = TASK_KINDS[spec.kind].score(encoded, logits, spec)
+    kind = TASK_KINDS[spec.kind]
+    if calibrate:
+        kind.calibrate(encoded, logits, spec)
+    metrics = kind.score(encoded, logits, spec)
     metrics["loss"] = host_loss(encoded, logits, spec)
     metrics["samples"] = len(encoded.records)
     return metrics
@@ -77,12 +83,13 @@ def evaluate_tasks(
     encoded: dict[str, dict[str, Encoded]],
     specs: dict[str, TaskSpec],
     split: str,
+    calibrate: bool = False,
 ) -> dict[str, float]:
     """A multi-task model on one split: `<task>_<metric>` for every task with the split, the `average` of
     each task's main metric and the mean `loss`."""
     metrics, main = {}, []
     for name, loader in loaders.items():
-        scores = evaluate(accelerator, model, loader, encoded[name][split], specs[name], task=name)
+        scores = evaluate(accelerator, model, loader, encoded[name][split], specs[name], task=name, calibrate=calibrate)
         metrics.update(prefixed(scores, name))
         main.append(scores[TASK_KINDS[specs[name].kind].default_metric])
     if main:

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from nlptransfer.errors import ConfigError, RunFolderError
 from nlptransfer.runs import MULTITASK_FILE, ONNX_FILE, read_json, read_task_info, run_kind
-from nlptransfer.tasks import TASK_KINDS, TaskSpec
+from nlptransfer.tasks import INFERENCE_SETTINGS, TASK_KINDS, TaskSpec, pool_chunks, tokenize_texts
 
 Text = str | tuple[str, str]
 """A text, or a (first, second) pair for sentence-pair tasks."""
@@ -57,6 +57,11 @@ class Predictor:
         self.kind = kind
         self.max_length = max_length
         self.input_names = list(input_names or tokenizer.model_input_names)
+        chunked = [spec for spec in specs if spec.long_text == "chunk"]
+        self.chunking: TaskSpec | None = chunked[0] if chunked else None
+        """A task trained on chunks of long texts: texts are read in its windows, the windows' logits pooled."""
+        if self.chunking and any(TASK_KINDS[spec.kind].head != "sequence" for spec in specs):
+            raise ConfigError("a model whose tasks chunk long texts answers per text only: it cannot also tag words")
 
     @property
     def task_names(self) -> list[str]:
@@ -76,16 +81,27 @@ class Predictor:
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError("this model reads single texts: pass a string for each input")
             first, second = list(texts), None
-        encoding = self.tokenizer(
-            first, second, truncation=True, max_length=self.max_length, padding=True, return_tensors="np"
-        )
+        if self.chunking:
+            encoding = tokenize_texts(
+                self.tokenizer, first, second, self.max_length, self.chunking, padding=True, return_tensors="np"
+            )
+        else:
+            encoding = self.tokenizer(
+                first, second, truncation=True, max_length=self.max_length, padding=True, return_tensors="np"
+            )
         return first, encoding
 
     def logits(self, texts: Sequence[Text]) -> tuple[list[str], object, dict[str, np.ndarray]]:
-        """(first texts, the encoding, every task's logits as float32 numpy) for one batch."""
+        """(first texts, the encoding, every task's logits as float32 numpy, one row per text) for one batch;
+        a chunking task's windows are pooled into their text's row."""
         first, encoding = self.tokenize(texts)
         inputs = {name: encoding[name].astype(np.int64) for name in self.input_names if name in encoding}
-        return first, encoding, self.backend(inputs)
+        logits = self.backend(inputs)
+        if self.chunking:
+            rows = encoding["overflow_to_sample_mapping"].tolist()
+            pooling = self.chunking.chunk_pooling
+            logits = {name: np.stack(pool_chunks(list(out), rows, pooling)) for name, out in logits.items()}
+        return first, encoding, logits
 
     def predict(self, texts: Sequence[Text], tasks: Sequence[str] | None = None) -> list[dict]:
         """Each text's prediction per task: {"label", "score"} (classification), a number (regression),
@@ -115,7 +131,7 @@ class Predictor:
         if not TASK_KINDS[spec.kind].has_label_set or TASK_KINDS[spec.kind].head != "sequence":
             raise ValueError(f"task {task!r} ({spec.kind}) has no label scores per text")
         _, _, logits = self.logits(texts)
-        probs = torch.from_numpy(logits[task]).float().softmax(-1)
+        probs = TASK_KINDS[spec.kind].probabilities(torch.from_numpy(logits[task]))
         return [
             sorted(
                 ({"label": label, "score": float(p)} for label, p in zip(spec.labels, row)),
@@ -186,13 +202,17 @@ def load_task_model(run: str | Path) -> tuple[TorchTaskModel, list[TaskSpec], Pr
         except OSError as err:
             raise load_error(run, err) from err
         tagger = any(name.endswith("ForTokenClassification") for name in config.architectures or [])
-        task_type = info.get("task_type") or ("ner" if tagger else "classification")
+        multilabel = config.problem_type == "multi_label_classification"
+        task_type = info.get("task_type") or ("ner" if tagger else "multilabel" if multilabel else "classification")
         model = TASK_KINDS[task_type].auto_model.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config
     labels = info.get("labels") or [config.id2label[i] for i in range(config.num_labels)]
     pair = task_type == "pair_classification"
-    spec = TaskSpec(name=task_type, kind=task_type, labels=list(labels), text_pair_column="text_pair" if pair else None)
+    settings = {name: info[name] for name in INFERENCE_SETTINGS if name in info}
+    spec = TaskSpec(
+        name=task_type, kind=task_type, labels=list(labels), text_pair_column="text_pair" if pair else None, **settings
+    )
     return TorchTaskModel(model.eval(), [spec.name], multitask=False).eval(), [spec], tokenizer, kind or "model"
 
 
@@ -269,11 +289,15 @@ BACKENDS: dict[str, Callable[..., tuple[Backend, list[TaskSpec], PreTrainedToken
 
 
 def load_predictor(
-    run: str | Path, backend: str = "torch", device: str = "cpu", max_length: int = 128, **options
+    run: str | Path, backend: str = "torch", device: str = "cpu", max_length: int | None = None, **options
 ) -> Predictor:
     """A `Predictor` for a run folder (or Hub id) on the named backend; for `onnx`, an export folder (or one
-    `.onnx` file in it). `options` go to the backend's loader (the torch backend's `dtype`)."""
+    `.onnx` file in it). `max_length`: tokens per text (per window for a task that chunks long texts); None
+    takes the window the run was trained with (128 if it does not say). `options` go to the backend's loader
+    (the torch backend's `dtype`)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}")
     forward, specs, tokenizer, kind = BACKENDS[backend](run, device, **options)
+    if max_length is None:
+        max_length = max((spec.max_seq_length or 0 for spec in specs), default=0) or 128
     return Predictor(tokenizer, specs, forward, name=Path(str(run)).name, kind=kind, max_length=max_length)

@@ -91,8 +91,9 @@ def task_eval_sets(
     """One task's splits to score (those of `splits` that it has), each by the task kind's metrics;
     `loader_options` (`TrainArguments.dataloader_options`) go to every loader."""
 
-    def scorer(split: str) -> Scorer:
-        return lambda model, loader: evaluate(accelerator, model, loader, encoded[split], spec)
+    def scorer(split: str) -> Scorer:  # validation also calibrates (a multi-label task's thresholds)
+        calibrate = split == SELECTION_SPLIT
+        return lambda model, loader: evaluate(accelerator, model, loader, encoded[split], spec, calibrate=calibrate)
 
     loader = partial(eval_dataloader, batch_size=batch_size, collator=collator, **(loader_options or {}))
     main_metric = TASK_KINDS[spec.kind].default_metric
@@ -116,7 +117,10 @@ def multitask_eval_sets(
     `loader_options` as in `task_eval_sets`."""
 
     def scorer(split: str) -> Scorer:
-        return lambda model, loaders: evaluate_tasks(accelerator, model, loaders, encoded, specs, split)
+        calibrate = split == SELECTION_SPLIT
+        return lambda model, loaders: evaluate_tasks(
+            accelerator, model, loaders, encoded, specs, split, calibrate=calibrate
+        )
 
     eval_sets = {}
     for split in splits:
@@ -130,6 +134,14 @@ def multitask_eval_sets(
         if loaders:
             eval_sets[split] = EvalSet(loaders, scorer(split), "average")
     return eval_sets
+
+
+def weighted_task_loss(spec: TaskSpec) -> Callable[[object, dict], torch.Tensor] | None:
+    """A single-task model's loss with `spec.class_weights` (None without them: the model's own loss)."""
+    if spec.class_weights is None:
+        return None
+    kind = TASK_KINDS[spec.kind]
+    return lambda outputs, batch: kind.loss(outputs.logits, batch["labels"], spec.class_weights)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> bool:
@@ -187,13 +199,18 @@ def fit(
     loss_terms: Sequence[LossTerm] = (),
     callbacks: Sequence[Callable[[Trainer], None]] = (),
     own_lr: Sequence[tuple[Sequence[torch.nn.Parameter], float]] = (),
+    task_loss: Callable[[object, dict], torch.Tensor] | None = None,
 ) -> Fitted:
     """Build the optimizer and schedule, prepare, train (selecting on the `validation` split when there is
     one, by --metric_for_best_model or the split's main metric), restore the best model and score every split.
 
     `transfer` adds layer-wise LR decay, gradual unfreezing and L2-SP; `own_lr` pairs (parameters, lr) get
     their own LR (learned loss weights, layer mixes, a domain classifier); `callbacks` run before every
-    training batch with the trainer (its `state.step` and `max_steps` give the progress)."""
+    training batch with the trainer (its `state.step` and `max_steps` give the progress); `task_loss`
+    (`weighted_task_loss`) replaces the model's own loss.
+
+    The validation split is scored first: scoring it fits what the task kinds choose on validation (a
+    multi-label task's thresholds), which the other splits are then scored with."""
     checkpointing = args.gradient_checkpointing and enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, args, transfer.layerwise_lr_decay if transfer else None, own_lr)
     if plugin := accelerator.state.deepspeed_plugin:  # our batch samplers leave DataLoader.batch_size unset
@@ -231,6 +248,7 @@ def fit(
         loss_terms=loss_terms,
         callbacks=callbacks,
         max_steps=steps,
+        task_loss=task_loss,
     )
     results = trainer.train()
     results["train_gradient_checkpointing"] = checkpointing
@@ -238,7 +256,7 @@ def fit(
         results.update(
             best_metric=trainer.state.best_metric, best_step=trainer.state.best_step, best_metric_name=metric
         )
-    for split in eval_sets:
+    for split in sorted(eval_sets, key=lambda name: name != SELECTION_SPLIT):
         results.update(prefixed(score(split)(), split_prefix(split)))
     return Fitted(model, results, trainer, [optimizer, scheduler, train_loader, eval_sets])
 

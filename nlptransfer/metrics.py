@@ -37,6 +37,25 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_lab
     }
 
 
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """Micro and macro F1 (macro over every label of the label set, absent ones scoring 0 only when predicted),
+    per-label F1 and subset accuracy (every label of a row right) of multi-hot (n, L) arrays."""
+    from sklearn.metrics import f1_score
+
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    if len(y_true) == 0:
+        return {}
+    present = np.flatnonzero(y_true.any(0) | y_pred.any(0))
+    per_label = f1_score(y_true, y_pred, average=None, zero_division=0)
+    results = {
+        "f1": float(per_label[present].mean()) if len(present) else 0.0,  # macro F1: the usual headline
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "subset_accuracy": float((y_true == y_pred).all(1).mean()),
+    }
+    results |= {f"{name}_f1": float(per_label[i]) for i, name in enumerate(labels)}
+    return results
+
+
 def ner_metrics(y_true: list[list[str]], y_pred: list[list[str]]) -> dict[str, float]:
     """Entity-level scores of word-level tag sequences (seqeval), default and strict IOB2 modes."""
     from seqeval.metrics import classification_report

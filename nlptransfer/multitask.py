@@ -80,7 +80,7 @@ class TaskRoute(nn.Module):
         return self.head(states if rows is None else states[rows], attention_mask)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return TASK_KINDS[self.spec.kind].loss(logits, labels)
+        return TASK_KINDS[self.spec.kind].loss(logits, labels, self.spec.class_weights)
 
 
 class TaskRoutes(nn.ModuleDict):

@@ -71,9 +71,10 @@ def write_results(output_dir: str | Path, results: dict) -> None:
     write_json(Path(output_dir) / RESULTS_FILE, results)
 
 
-def task_info(kind: str, labels: list[str] | None, base_model: str | None) -> dict:
-    """The content of `nlptransfer_task.json`."""
-    return {"task_type": kind, "labels": labels, "base_model": base_model}
+def task_info(kind: str, labels: list[str] | None, base_model: str | None, **settings) -> dict:
+    """The content of `nlptransfer_task.json`: the kind, label names, base model and what inference needs
+    besides (`TaskSpec.inference_settings`: a multi-label task's thresholds, long-text chunking, the window)."""
+    return {"task_type": kind, "labels": labels, "base_model": base_model, **settings}
 
 
 def read_task_info(path: str | Path) -> dict:
@@ -130,7 +131,9 @@ def save_run(accelerator, output_dir: str | Path, model, tokenizer, spec, base_m
     results (`lifecycle.finish_run` writes them)."""
     added = save_model(accelerator, output_dir, model, tokenizer)
     if accelerator.is_main_process:
-        write_json(Path(output_dir) / TASK_FILE, task_info(spec.kind, spec.labels, base_model))
+        write_json(
+            Path(output_dir) / TASK_FILE, task_info(spec.kind, spec.labels, base_model, **spec.inference_settings())
+        )
     accelerator.wait_for_everyone()
     return added
 

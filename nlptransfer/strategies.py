@@ -44,22 +44,29 @@ def freeze(model: nn.Module, encoder: bool = False, bottom_layers: int = 0, word
     return count
 
 
-def optimizer_groups(model: nn.Module, learning_rate: float, weight_decay: float, lr_decay: float | None = None):
+def optimizer_groups(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    lr_decay: float | None = None,
+    head_learning_rate: float | None = None,
+):
     """AdamW parameter groups per layer group (key `layer_group`, 0 = embeddings), biases and norms
     without weight decay. With `lr_decay`, each group's LR is the one above it times `lr_decay`:
     the head gets `learning_rate`, the top layer `learning_rate * lr_decay`, ..., the embeddings
-    `learning_rate * lr_decay ** (L + 1)`."""
+    `learning_rate * lr_decay ** (L + 1)`. `head_learning_rate` replaces the head's LR (not the others')."""
     groups = layer_groups(model)
     named = {id(p): n for n, p in model.named_parameters()}
     result = []
     for depth, params in enumerate(groups):
         scale = lr_decay ** (len(groups) - 1 - depth) if lr_decay else 1.0
+        lr = head_learning_rate if head_learning_rate and depth == len(groups) - 1 else learning_rate * scale
         trainable = [p for p in params if p.requires_grad]
         no_decay = [p for p in trainable if p.ndim < 2 or "norm" in named.get(id(p), "").lower()]
         decay = [p for p in trainable if all(p is not q for q in no_decay)]
         for chunk, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if chunk:
-                result.append({"params": chunk, "weight_decay": wd, "lr": learning_rate * scale, "layer_group": depth})
+                result.append({"params": chunk, "weight_decay": wd, "lr": lr, "layer_group": depth})
     return result
 
 

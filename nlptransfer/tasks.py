@@ -5,15 +5,19 @@ name. What a model needs to build a head and a loss for any kind:
 
 - `head`: "sequence" (one prediction per example, from the pooled output) or "token" (one per token);
 - `num_outputs(spec)`: the width of the head (the number of classes; 1 for regression);
-- `loss(logits, labels)`: the mean loss over labelled positions (label -100 marks an unlabelled one);
+- `loss(logits, labels, weights)`: the mean loss over labelled positions (label -100 marks an unlabelled one),
+  weighted per class when `weights` (`TaskSpec.class_weights`) are given;
 - `has_label_set`: whether the kind predicts names from a label set (False for regression);
-- `model_config(spec)`: the transformers config settings of its head (num_labels, id2label, problem_type).
+- `model_config(spec)`: the transformers config settings of its head (num_labels, id2label, problem_type);
+- `calibrate(encoded, logits, spec)`: what the kind chooses on validation predictions (multi-label thresholds);
+- `probabilities(logits)` and `decode(...)`: scores and one text's answer at inference.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from nlptransfer.errors import ConfigError, DataError
-from nlptransfer.metrics import classification_metrics, ner_metrics, regression_metrics
+from nlptransfer.metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
 from nlptransfer.readers import Records, iob1_to_iob2
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,22 @@ class TaskSpec:
     tokens_column: str = "tokens"
     tags_column: str = "ner_tags"
     labels: list[str] = field(default_factory=list)
+    thresholds: list[float] | None = None
+    """Multi-label tasks: the probability at which each label is predicted (chosen on validation)."""
+    threshold_tuning: str = "per_label"
+    """Multi-label tasks: how validation chooses `thresholds`: one per label (`per_label`), one for every label
+    (`global`), or none (`fixed`: 0.5)."""
+    long_text: str = "truncate"
+    """Texts longer than the window: `truncate` them, or `chunk` them into windows that overlap by
+    `doc_stride` tokens, each trained with the text's label, their logits pooled (`chunk_pooling`: mean or
+    max) into the text's prediction at evaluation and inference."""
+    doc_stride: int = 32
+    chunk_pooling: str = "mean"
+    max_seq_length: int | None = None
+    """The window the task was trained with (inference uses it unless told otherwise)."""
+    class_weights: list[float] | None = None
+    """Loss weight of each class (classification: weighted cross-entropy; multi-label: BCE `pos_weight` per
+    label), in label order; None weighs every class alike."""
 
     @classmethod
     def from_data_args(cls, data_args, name: str = "task") -> TaskSpec:
@@ -52,11 +72,34 @@ class TaskSpec:
             label_column=data_args.label_column_name,
             tokens_column=data_args.tokens_column_name,
             tags_column=data_args.tags_column_name,
+            threshold_tuning=data_args.threshold_tuning,
+            long_text=data_args.long_text,
+            doc_stride=data_args.doc_stride,
+            chunk_pooling=data_args.chunk_pooling,
+            max_seq_length=data_args.max_seq_length,
         )
+
+    def inference_settings(self) -> dict:
+        """What inference needs beyond the kind and labels (saved in a run's `nlptransfer_task.json`)."""
+        return {name: getattr(self, name) for name in INFERENCE_SETTINGS}
 
     @property
     def label2id(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
+
+
+INFERENCE_SETTINGS = ("thresholds", "long_text", "doc_stride", "chunk_pooling", "max_seq_length")
+LONG_TEXT = ("truncate", "chunk")
+CHUNK_POOLING = {"mean": np.mean, "max": np.max}
+"""How a chunked text's chunk logits become its own, by `--chunk_pooling` name."""
+
+
+def pool_chunks(logits: Sequence[np.ndarray], row_of_feature: Sequence[int], pooling: str) -> list[np.ndarray]:
+    """One logit row per text from the logits of its chunks (`row_of_feature`: each chunk's text, in order)."""
+    rows: dict[int, list[np.ndarray]] = {}
+    for row, row_logits in zip(row_of_feature, logits):
+        rows.setdefault(row, []).append(np.asarray(row_logits))
+    return [CHUNK_POOLING[pooling](np.stack(rows[row]), axis=0) for row in sorted(rows)]
 
 
 @dataclass
@@ -121,9 +164,16 @@ def _label_number(value, where: str, column: str) -> float:
     return number
 
 
-def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labelled positions: (n, C) logits with (n,) labels, or (n, L, C) with (n, L)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
+def cross_entropy_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy over labelled positions: (n, C) logits with (n,) labels, or (n, L, C) with (n, L);
+    with class `weights`, the weighted mean (each position counts its class's weight, as in `F.cross_entropy`)."""
+    weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=logits.device)
+    logits = logits.reshape(-1, logits.shape[-1])
+    if weight is not None:
+        logits = logits.float()
+    return F.cross_entropy(logits, labels.reshape(-1).long(), weight=weight, ignore_index=-100)
 
 
 def mse_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,8 +200,18 @@ class TaskKind:
     def num_outputs(self, spec: TaskSpec) -> int:
         return len(spec.labels)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cross_entropy_loss(logits, labels)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
+        return cross_entropy_loss(logits, labels, weights)
+
+    def balanced_weights(self, labels: list, spec: TaskSpec) -> list[float]:
+        """`--class_weights balanced`: n / (classes x count) per class of the training labels (sklearn's
+        "balanced"); a class absent from train gets weight 1."""
+        names = [name for row in labels for name in (row if isinstance(row, list) else [row])]  # NER: every tag
+        counts = np.bincount([spec.label2id[name] for name in names], minlength=len(spec.labels))
+        return [len(names) / (len(spec.labels) * c) if c else 1.0 for c in counts.tolist()]
+
+    def calibrate(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> None:
+        """Fit what the kind decides on validation predictions (a multi-label task's thresholds) into `spec`."""
 
     def model_config(self, spec: TaskSpec) -> dict:
         """`AutoConfig.from_pretrained` keyword arguments for this kind's head."""
@@ -180,11 +240,43 @@ class TaskKind:
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
         raise NotImplementedError
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each label's probability from (..., labels) logits: a softmax (one class per text)."""
+        return logits.float().softmax(-1)
+
     def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str):
         """One text's prediction for serving (`MultiTaskModel.predict`): the label name and its probability."""
-        probs = logits.softmax(-1)
+        probs = self.probabilities(logits)
         best = int(probs.argmax())
         return {"label": spec.labels[best], "score": float(probs[best])}
+
+
+def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts, pairs, max_length: int, spec: TaskSpec, **options):
+    """A sequence task's texts (and pairs) tokenized as the task reads them: truncated to `max_length`, or
+    chunked into windows (`spec.long_text == "chunk"`; `overflow_to_sample_mapping` gives each window's text)."""
+    if spec.long_text != "chunk":
+        return tokenizer(texts, pairs, truncation=True, max_length=max_length, **options)
+    return tokenizer(
+        texts,
+        pairs,
+        truncation="only_first" if pairs is not None else True,
+        max_length=max_length,
+        stride=spec.doc_stride,
+        return_overflowing_tokens=True,
+        **options,
+    )
+
+
+def check_long_text(spec: TaskSpec) -> None:
+    if spec.long_text not in LONG_TEXT:
+        raise ConfigError(f"--long_text {spec.long_text!r}: choose one of {', '.join(LONG_TEXT)}")
+    if spec.chunk_pooling not in CHUNK_POOLING:
+        raise ConfigError(f"--chunk_pooling {spec.chunk_pooling!r}: choose one of {', '.join(CHUNK_POOLING)}")
+    if spec.long_text == "chunk" and not 0 <= spec.doc_stride < (spec.max_seq_length or 10**9) // 2:
+        raise ConfigError(
+            f"--doc_stride {spec.doc_stride}: the overlap of two windows must be at least 0 and under half of "
+            f"--max_seq_length ({spec.max_seq_length})"
+        )
 
 
 class _SequenceKind(TaskKind):
@@ -202,6 +294,7 @@ class _SequenceKind(TaskKind):
     def check(self, records: Records, spec: TaskSpec) -> list:
         """Validate every row; return its labels in row order."""
         self.check_spec(spec)
+        check_long_text(spec)
         labels = []
         for i, row in enumerate(records.rows):
             if spec.tokens_column in row and spec.tags_column in row and spec.text_column not in row:
@@ -226,16 +319,27 @@ class _SequenceKind(TaskKind):
     def encode(
         self, records: Records, labels: list, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
     ) -> Encoded:
+        """One feature per text, truncated to `max_length`; or, `spec.long_text == "chunk"`, one per window of
+        it (overlapping by `spec.doc_stride` tokens; a pair's first text is the one chunked), each with the
+        text's label."""
         texts = [row[spec.text_column] for row in records.rows]
         pairs = [row[spec.text_pair_column] for row in records.rows] if spec.text_pair_column else None
-        encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        encoding = tokenize_texts(tokenizer, texts, pairs, max_length, spec)
+        rows = list(encoding.pop("overflow_to_sample_mapping", range(len(texts))))
         features = []
-        for i in range(len(records)):
+        for i, row in enumerate(rows):
             feature = {key: encoding[key][i] for key in encoding.keys()}
-            feature["labels"] = self.feature_label(labels[i], spec)
+            feature["labels"] = self.feature_label(labels[row], spec)
             features.append(feature)
-        truncated = sum(len(f["input_ids"]) >= max_length for f in features)
-        if truncated:
+        if len(rows) > len(texts):
+            logger.info(
+                "%s: %d texts longer than max_seq_length=%d became %d windows",
+                records.source,
+                len(set(r for r, n in zip(rows, rows[1:]) if r == n)),
+                max_length,
+                len(rows),
+            )
+        elif truncated := sum(len(f["input_ids"]) >= max_length for f in features):
             logger.info(
                 "%s: %d of %d examples reach max_seq_length=%d and were truncated",
                 records.source,
@@ -243,7 +347,17 @@ class _SequenceKind(TaskKind):
                 len(features),
                 max_length,
             )
-        return Encoded(features, records, labels, list(range(len(records))))
+        return Encoded(features, records, labels, rows)
+
+    def pooled(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> tuple[list, list[np.ndarray]]:
+        """(each text's feature label, each text's logits): chunks pooled by `spec.chunk_pooling`."""
+        first = {}
+        for index, row in enumerate(encoded.row_of_feature):
+            first.setdefault(row, index)
+        y_true = [encoded.features[first[row]]["labels"] for row in sorted(first)]
+        if len(first) == len(logits):
+            return y_true, logits
+        return y_true, pool_chunks(logits, encoded.row_of_feature, spec.chunk_pooling)
 
 
 class ClassificationKind(_SequenceKind):
@@ -260,8 +374,8 @@ class ClassificationKind(_SequenceKind):
         return spec.label2id[label]
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        y_true, logits = self.pooled(encoded, logits, spec)
         y_pred = [int(np.argmax(row_logits)) for row_logits in logits]
-        y_true = [f["labels"] for f in encoded.features]
         return classification_metrics(y_true, y_pred, len(spec.labels))
 
 
@@ -276,6 +390,101 @@ class PairClassificationKind(ClassificationKind):
                 f"task {self.name!r} needs a second text column: set --text_pair_column_name "
                 f"(e.g. --text_pair_column_name text_b)"
             )
+
+
+THRESHOLD_TUNING = ("per_label", "global", "fixed")
+THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.01), 2)
+"""The probabilities a multi-label threshold is chosen from."""
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, per_label: bool = False) -> np.ndarray:
+    """Thresholds from THRESHOLD_GRID for (n, L) multi-hot `y_true` and probabilities: the one with the best
+    macro F1 (over the labels that occur or are predicted, as `multilabel_metrics` scores it) for all labels,
+    or, `per_label`, each label's best F1 (labels with no positive keep the global one). Ties go to the
+    lowest threshold."""
+    predicted = probs[None] >= THRESHOLD_GRID[:, None, None]  # (grid, n, L)
+    tp = (predicted & y_true[None]).sum(1)
+    fp = (predicted & ~y_true[None]).sum(1)
+    fn = (~predicted & y_true[None]).sum(1)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(tp.shape), where=(2 * tp + fp + fn) > 0)  # (grid, L)
+    counted = y_true.any(0)[None] | predicted.any(1)
+    macro = (f1 * counted).sum(1) / np.maximum(counted.sum(1), 1)
+    chosen = np.full(y_true.shape[1], THRESHOLD_GRID[int(np.argmax(macro))])
+    if per_label:
+        has_positive = y_true.any(0)
+        chosen[has_positive] = THRESHOLD_GRID[np.argmax(f1[:, has_positive], axis=0)]
+    return chosen
+
+
+class MultiLabelKind(_SequenceKind):
+    """Any number of classes per text (or pair): a list of names per row, or one string of names separated by
+    commas; a sigmoid and binary cross-entropy per label; a label is predicted at probability >= its threshold
+    (`spec.thresholds`, one per label, chosen on validation; 0.5 until then)."""
+
+    name = "multilabel"
+    default_metric = "f1"  # macro F1 over the labels
+    problem_type = "multi_label_classification"  # transformers' pipeline then gives a sigmoid score per label
+    uncertainty_factor = 1.0
+
+    def row_label(self, value, where: str, column: str) -> list[str]:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if not isinstance(value, list):
+            raise DataError(f"{where}: field {column!r} holds {value!r}; expected a list of class names")
+        return [_label_name(item, where, column) for item in value]
+
+    def feature_label(self, label: list[str], spec: TaskSpec) -> list[float]:
+        hot = [0.0] * len(spec.labels)
+        for name in label:
+            hot[spec.label2id[name]] = 1.0
+        return hot
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
+        pos_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=logits.device)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos_weight)
+
+    def balanced_weights(self, labels: list, spec: TaskSpec) -> list[float]:
+        """`--class_weights balanced`: BCE's `pos_weight` of each label, negatives / positives in train (1 for a
+        label with no positive)."""
+        positives = np.zeros(len(spec.labels))
+        for names in labels:
+            positives[[spec.label2id[name] for name in set(names)]] += 1
+        return [(len(labels) - p) / p if p else 1.0 for p in positives.tolist()]
+
+    def calibrate(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> None:
+        """Choose `spec.thresholds` on these (validation) predictions: the threshold of THRESHOLD_GRID with the
+        best macro F1 for every label (`global`), or the best F1 per label (`per_label`; a label with no
+        positive here keeps the global one); `fixed` leaves 0.5."""
+        if spec.threshold_tuning == "fixed" or not logits:
+            return
+        y_true, logits = self.pooled(encoded, logits, spec)
+        y_true, probs = np.asarray(y_true, dtype=bool), _sigmoid(np.stack(logits))
+        chosen = tune_thresholds(y_true, probs, per_label=spec.threshold_tuning == "per_label")
+        spec.thresholds = [round(float(t), 2) for t in chosen]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """A sigmoid per label: labels are independent."""
+        return logits.float().sigmoid()
+
+    def thresholds(self, spec: TaskSpec) -> np.ndarray:
+        return np.asarray(spec.thresholds or [0.5] * len(spec.labels))
+
+    def predicted(self, logits: list[np.ndarray], spec: TaskSpec) -> np.ndarray:
+        return (_sigmoid(np.stack(logits)) >= self.thresholds(spec)).astype(int)
+
+    def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        y_true, logits = self.pooled(encoded, logits, spec)
+        return multilabel_metrics(np.asarray(y_true, dtype=int), self.predicted(logits, spec), spec.labels)
+
+    def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> list[dict]:
+        """Every label at or above its threshold, most probable first."""
+        probs = self.probabilities(logits)
+        chosen = [i for i, threshold in enumerate(self.thresholds(spec)) if float(probs[i]) >= threshold]
+        return sorted(({"label": spec.labels[i], "score": float(probs[i])} for i in chosen), key=lambda x: -x["score"])
 
 
 class RegressionKind(_SequenceKind):
@@ -293,8 +502,11 @@ class RegressionKind(_SequenceKind):
     def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> float:
         return float(logits.reshape(-1)[0])
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
         return mse_loss(logits, labels)
+
+    def balanced_weights(self, labels: list, spec: TaskSpec) -> list[float]:
+        raise ConfigError("--class_weights: a regression task has no classes to weigh")
 
     def row_label(self, value, where: str, column: str) -> float:
         return _label_number(value, where, column)
@@ -303,8 +515,8 @@ class RegressionKind(_SequenceKind):
         return label
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
+        y_true, logits = self.pooled(encoded, logits, spec)
         y_pred = [float(np.reshape(row_logits, -1)[0]) for row_logits in logits]
-        y_true = [f["labels"] for f in encoded.features]
         return regression_metrics(y_true, y_pred)
 
 
@@ -455,5 +667,6 @@ class NerKind(TaskKind):
 
 
 TASK_KINDS: dict[str, TaskKind] = {
-    kind.name: kind for kind in (ClassificationKind(), PairClassificationKind(), RegressionKind(), NerKind())
+    kind.name: kind
+    for kind in (ClassificationKind(), PairClassificationKind(), MultiLabelKind(), RegressionKind(), NerKind())
 }

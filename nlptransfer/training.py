@@ -150,7 +150,9 @@ def build_optimizer(
     LayerNorm weights get no weight decay; `layerwise_lr_decay` lowers the LR layer by layer downward.
     `own_lr` pairs (parameters, lr) take those parameters out of their group into one of their own, with
     that LR and no weight decay (e.g. the learned loss weights of a multi-task model)."""
-    groups = optimizer_groups(model, args.learning_rate, args.weight_decay, layerwise_lr_decay)
+    groups = optimizer_groups(
+        model, args.learning_rate, args.weight_decay, layerwise_lr_decay, getattr(args, "head_learning_rate", None)
+    )
     own_lr = [(list(params), lr) for params, lr in own_lr]  # iterated twice: a generator would be spent
     moved = {id(p) for params, _ in own_lr for p in params}
     for group in groups:
@@ -227,11 +229,13 @@ class Trainer:
         loss_terms: Sequence[LossTerm] = (),
         max_steps: int | None = None,
         callbacks: Sequence[Callable[[Trainer], None]] = (),
+        task_loss: Callable[[object, dict], torch.Tensor] | None = None,
     ):
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.train_loader, self.args, self.evaluate_fn = train_loader, args, evaluate
         self.metric, self.greater_is_better = metric_for_best_model, greater_is_better
         self.loss_terms = list(loss_terms)
+        self.task_loss = task_loss  # (outputs, batch) -> the loss in place of the model's own (class weights)
         self.callbacks = list(callbacks)  # called before every training batch (schedules: GRL strength, ...)
         self.max_steps = max_steps or total_steps(len(train_loader), args)
         self.output_dir = Path(args.output_dir)
@@ -365,7 +369,7 @@ class Trainer:
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         outputs = self.model(**batch)
-        loss = outputs.loss
+        loss = outputs.loss if self.task_loss is None else self.task_loss(outputs, batch)
         for term in self.loss_terms:
             loss = loss + term(self.model, batch, outputs)
         return loss

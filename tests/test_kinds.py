@@ -24,6 +24,7 @@ from test_recipe import run_recipe
 EXPECTED = {  # kind: (head, has_label_set)
     "classification": ("sequence", True),
     "pair_classification": ("sequence", True),
+    "multilabel": ("sequence", True),
     "regression": ("sequence", False),
     "ner": ("token", True),
 }

@@ -84,6 +84,15 @@ def test_layerwise_lr_decay_gives_each_layer_the_lr_above_times_decay(tiny_model
     assert any("LayerNorm" in n for g in no_decay for n in names_of(model, g["params"]))
 
 
+def test_head_learning_rate_replaces_only_the_heads_lr(tiny_model):
+    model = classifier(tiny_model)
+    optimizer = build_optimizer(model, TrainArguments(learning_rate=1e-4, head_learning_rate=2e-3))
+    lr = {name: group["lr"] for group in optimizer.param_groups for name in names_of(model, group["params"])}
+    assert lr["classifier.weight"] == lr["classifier.bias"] == pytest.approx(2e-3)
+    assert lr["bert.encoder.layer.1.attention.self.query.weight"] == pytest.approx(1e-4)
+    assert lr["bert.embeddings.word_embeddings.weight"] == pytest.approx(1e-4)
+
+
 def test_gradual_unfreezing_opens_one_group_at_a_time_top_down(tiny_model):
     model = classifier(tiny_model)
     optimizer = build_optimizer(model, TrainArguments(learning_rate=1e-3))

@@ -31,7 +31,7 @@ from nlptransfer.distill import (
     load_teacher,
     teacher_labelled_features,
 )
-from nlptransfer.errors import run_main
+from nlptransfer.errors import ConfigError, run_main
 from nlptransfer.lifecycle import finish_run, fit, task_eval_sets
 from nlptransfer.modeling import count_parameters
 from nlptransfer.runs import save_run
@@ -44,6 +44,8 @@ def main(argv=None):
     model_args, data_args, args, distill_args = parse_args(
         ModelArguments, DataArguments, TrainArguments, DistillArguments, args=argv
     )
+    if data_args.class_weights or data_args.task_type == "multilabel":  # its gold loss is the model's own, KL a softmax
+        raise ConfigError("the distill recipe takes neither --class_weights nor --task_type multilabel (yet)")
     configs = [model_args, data_args, distill_args]
     accelerator = start_run(args, "nlptransfer-distill", configs)
 

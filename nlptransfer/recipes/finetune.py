@@ -17,7 +17,7 @@ from nlptransfer.config import DataArguments, ModelArguments, TrainArguments, Tr
 from nlptransfer.data import encode_splits, load_splits
 from nlptransfer.errors import ConfigError, run_main
 from nlptransfer.fusion import FusionArguments, apply_fusion, fold_fusion, mean_fusion_weights
-from nlptransfer.lifecycle import finish_run, fit, task_eval_sets
+from nlptransfer.lifecycle import finish_run, fit, task_eval_sets, weighted_task_loss
 from nlptransfer.modeling import count_parameters, load_model_for_task, load_tokenizer, save_merged
 from nlptransfer.runs import save_run
 from nlptransfer.sharding import unsharded_loading
@@ -40,7 +40,7 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     with accelerator.main_process_first():
         splits = load_splits(data_args, args.seed)
-        encoded = encode_splits(splits, spec, tokenizer, data_args.max_seq_length)
+        encoded = encode_splits(splits, spec, tokenizer, data_args.max_seq_length, data_args.class_weights)
     accelerator.print({split: len(records) for split, records in splits.items()}, f"labels: {spec.labels}")
 
     # model: adapters train with the head while the encoder stays frozen; strategies freeze before the optimizer
@@ -66,7 +66,9 @@ def main(argv=None):
     eval_sets = task_eval_sets(
         accelerator, encoded, spec, collator, args.per_device_eval_batch_size, loader_options=loading
     )
-    fitted = fit(accelerator, model, train_loader, args, eval_sets, transfer=transfer_args)
+    fitted = fit(
+        accelerator, model, train_loader, args, eval_sets, transfer=transfer_args, task_loss=weighted_task_loss(spec)
+    )
     results = fitted.results
     results.update(trainable_parameters=trainable, total_parameters=total)
     if fusion:  # the learned mix is folded into plain weights: the saved model is an ordinary folder

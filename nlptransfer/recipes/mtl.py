@@ -52,7 +52,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, adapter
             teacher = load_task_teacher(teachers[task.name], task.name) if task.name in teachers else None
             if teacher is not None:
                 teacher.check_task(spec)  # the head takes the teacher's label names, in its order
-            encoded[spec.name] = encode_splits(splits, spec, tokenizer, task.max_seq_length)
+            encoded[spec.name] = encode_splits(splits, spec, tokenizer, task.max_seq_length, task.class_weights)
             specs[spec.name], train_features[spec.name] = spec, encoded[spec.name]["train"].features
             if teacher is not None:
                 targets, status = cached_teacher_targets(

@@ -29,7 +29,13 @@ class ServeConfig:
     precision: str = field(
         default="auto", metadata={"help": "Weights in fp32, bf16, or auto: bf16 where bf16 matmuls are fast."}
     )
-    max_length: int = field(default=128, metadata={"help": "Tokens per text; longer texts are cut (see `truncate`)."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per text; longer texts are cut (see `truncate`), or read in windows by a model trained "
+            "with --long_text chunk. Default: the window the run was trained with (128 if it does not say)."
+        },
+    )
     # chosen with `benchmarks/bench_serve.py --sweep` on 2 CPU cores (docs/guides/serving.md says how)
     max_batch_size: int = field(default=16, metadata={"help": "Most texts in one model pass."})
     max_wait_ms: float = field(
@@ -49,7 +55,6 @@ class ServeConfig:
 
     def __post_init__(self):
         positive = (
-            "max_length",
             "max_batch_size",
             "max_body_bytes",
             "max_texts_per_request",
@@ -59,6 +64,8 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"--max_length must be at least 1, got {self.max_length}")
         for name in ("max_wait_ms", "graceful_timeout_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be 0 or more, got {getattr(self, name)}")
