@@ -93,8 +93,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Weigh the loss per class: `balanced` (classification: n / (classes x count); multilabel: "
-            "BCE pos_weight = negatives / positives per label), or a JSON file of {label: weight} (missing "
-            "labels weigh 1) or a list in label order. Default: every class alike."
+            "BCE pos_weight = negatives / positives per label), `none`, or a JSON file of {label: weight} (missing "
+            "labels weigh 1) or a list in label order. Default: `balanced` for multilabel, none otherwise."
         },
     )
     long_text: str = field(

@@ -68,13 +68,17 @@ def encode_splits(
     """Validate every split, take the label set from train (unless `spec.labels` is set), tokenize.
 
     Kinds without a label set (regression) skip the label set: `spec.labels` is left as it is.
-    `class_weights` (`--class_weights`: "balanced" or a JSON file) sets `spec.class_weights`.
+    `class_weights` (`--class_weights`: "balanced", "none" or a JSON file; by default the kind's
+    `default_class_weights`) sets `spec.class_weights`.
     """
     kind = TASK_KINDS[spec.kind]
     checked = {split: kind.check(records, spec) for split, records in splits.items()}
     if kind.has_label_set:
         _fix_label_set(splits, checked, spec, kind)
-    if class_weights == "balanced":
+    class_weights = class_weights or kind.default_class_weights
+    if class_weights == "none":
+        spec.class_weights = None
+    elif class_weights == "balanced":
         spec.class_weights = kind.balanced_weights(checked["train"], spec)
     elif class_weights:
         spec.class_weights = read_class_weights(class_weights, spec)

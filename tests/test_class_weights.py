@@ -48,6 +48,29 @@ def test_balanced_weights_from_the_training_labels():
         TASK_KINDS["regression"].balanced_weights([1.0], TaskSpec(kind="regression"))
 
 
+def test_multilabel_weighs_positives_by_default_and_none_turns_it_off(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from nlptransfer.data import encode_splits
+    from nlptransfer.readers import read_file
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"text": "goal", "labels": ["a"]}, {"text": "code", "labels": ["a", "b"]}, {"text": "soup", "labels": []}]
+    records = {"train": read_file(str(write_jsonl(tmp_path / "train.jsonl", rows)))}
+    for given, expected in ((None, [0.5, 2.0]), ("none", None), ("balanced", [0.5, 2.0])):
+        spec = TaskSpec(kind="multilabel", label_column="labels")
+        encode_splits(records, spec, tokenizer, 16, class_weights=given)
+        assert spec.class_weights == (pytest.approx(expected) if expected else None), given
+    spec = TaskSpec(labels=[])  # classification: unweighted unless asked
+    encode_splits(
+        {"train": read_file(str(write_jsonl(tmp_path / "c.jsonl", make_classification_rows(6, 1))))},
+        spec,
+        tokenizer,
+        16,
+    )
+    assert spec.class_weights is None
+
+
 def test_single_task_loss_uses_the_weights_only_when_given():
     spec = TaskSpec(labels=["a", "b"])
     assert weighted_task_loss(spec) is None  # the model's own loss

@@ -44,7 +44,9 @@ def main(argv=None):
     model_args, data_args, args, distill_args = parse_args(
         ModelArguments, DataArguments, TrainArguments, DistillArguments, args=argv
     )
-    if data_args.class_weights or data_args.task_type == "multilabel":  # its gold loss is the model's own, KL a softmax
+    if (
+        data_args.class_weights not in (None, "none") or data_args.task_type == "multilabel"
+    ):  # its gold loss is the model's own, KL a softmax
         raise ConfigError("the distill recipe takes neither --class_weights nor --task_type multilabel (yet)")
     configs = [model_args, data_args, distill_args]
     accelerator = start_run(args, "nlptransfer-distill", configs)
