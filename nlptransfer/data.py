@@ -78,9 +78,9 @@ def encode_splits(
     class_weights = class_weights or kind.default_class_weights
     if class_weights == "none":
         spec.class_weights = None
-    elif class_weights == "balanced":
+    elif class_weights == "balanced" and "train" in checked:  # from the training labels (when train is given)
         spec.class_weights = kind.balanced_weights(checked["train"], spec)
-    elif class_weights:
+    elif class_weights and class_weights != "balanced":
         spec.class_weights = read_class_weights(class_weights, spec)
     return {split: kind.encode(splits[split], checked[split], tokenizer, spec, max_length) for split in splits}
 
