@@ -1,14 +1,24 @@
 """Offline test fixtures: a tiny BERT and WordPiece tokenizer built locally, and small data files."""
 
+import hashlib
 import os
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any HF import: tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed compiles its CPU shared-memory op (deepspeed_shm_comm, 25-45 s on two cores) on first use into
+# ~/.cache/torch_extensions, one folder for every environment: a run from another virtualenv (a CI clone, a
+# second worktree) changes the compiler command and the next DeepSpeed process compiles it again. One folder
+# per virtualenv: compiled once per environment, inherited by every process the tests start.
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path.home() / ".cache" / "torch_extensions" / f"env-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}"),
+)
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -88,6 +98,18 @@ def tiny_bert_config(**overrides):
     return BertConfig(**{**settings, "intermediate_size": 37, "max_position_embeddings": 64, **overrides})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tiny models train and predict on one torch thread in this process (and in the recipes it runs, see
+    `run_script`). On two: 3-4x slower on an idle two-core machine (a 6-epoch tiny run: 4.3-6.3 s against 1.4 s;
+    its matrices are too small to split, every op pays for the hand-over), 20-40x slower when any other process
+    runs (a spinning OpenMP thread holds the core its sibling waits for). Processes the tests start choose their
+    own threads, as a user's would."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer, hidden-32 BERT and its fast WordPiece tokenizer, saved like any Hub model."""
@@ -132,26 +154,41 @@ def recipe_args(model: str, files: dict[str, str], output_dir, *extra: str) -> l
 def run_script(path: str, args: list[str], exit_status: int = 0) -> None:
     """Run a recipe as a script (runpy), the way `python recipes/<name>.py ...` does; it must exit with
     `exit_status`. When a run expected to succeed stops on a user error (exit 2, one `error:` line), the
-    error behind it is raised, so a test can match on its type and message."""
+    error behind it is raised, so a test can match on its type and message. Without a `--cpu_threads` of its
+    own, the run gets `--cpu_threads 1` (see `one_torch_thread`); this process's thread count is kept."""
     import runpy
-    import sys
 
+    import torch
     from accelerate.state import AcceleratorState
 
     from nlptransfer.errors import NlptransferError
 
     AcceleratorState._reset_state(reset_partial_state=True)  # each real run is a fresh process
-    saved = sys.argv
-    sys.argv = [path, *args]
+    saved, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [path, *args, *([] if "--cpu_threads" in args else ["--cpu_threads", "1"])]
     try:
         with pytest.raises(SystemExit) as exit_info:
             runpy.run_path(path, run_name="__main__")
     finally:
         sys.argv = saved
+        torch.set_num_threads(threads)
     error = exit_info.value.__context__  # run_main exits `from None`: the error is still its context
     if exit_status == 0 and isinstance(error, NlptransferError):
         raise error
     assert exit_info.value.code == exit_status
+
+
+def concurrently(*calls):
+    """Call the zero-argument callables, as many at a time as this process has cores, and return their results in
+    order. For independent fresh processes (each its own interpreter, nothing shared): two cores import torch and
+    transformers for two of them at once instead of one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nlptransfer.encoders import cpu_cores
+
+    with ThreadPoolExecutor(max(1, min(len(calls), cpu_cores()))) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 @contextlib.contextmanager
@@ -198,3 +235,15 @@ def trained_runs(tiny_model, cls_files, ner_files, tmp_path_factory) -> dict[str
     for folder in runs.values():
         assert (folder / RESULTS_FILE).is_file()
     return runs
+
+
+@pytest.fixture(scope="session")
+def cls_teacher(tiny_model, cls_files, tmp_path_factory) -> str:
+    """A confident topic classifier (tests/test_distill.py's TEACHER settings), trained once per session: the
+    distillation tests, test_sharded's ZeRO distillation runs and test_mtl_recipe's single-task teacher teach with it."""
+    from test_distill import FINETUNE, TEACHER, run
+
+    out = tmp_path_factory.mktemp("teachers") / "cls"
+    results = run(FINETUNE, recipe_args(tiny_model, cls_files, out, *TEACHER))
+    assert results["test_accuracy"] >= 0.9
+    return str(out)

@@ -37,17 +37,9 @@ def distill_args(teacher: str, student: str, files: dict, out, *extra: str) -> l
     return recipe_args(student, files, out, "--teacher_name_or_path", teacher, *FAST, *extra)
 
 
-# ---- teachers, trained once per module ------------------------------------------------------
+# ---- teachers, trained once per module (cls_teacher: once per session, in conftest.py) -------------------
 # selected on validation loss, not accuracy: the first checkpoint at 100% accuracy is far from confident
 TEACHER = [*FAST, "--num_train_epochs", "6", "--metric_for_best_model", "loss"]
-
-
-@pytest.fixture(scope="module")
-def cls_teacher(tiny_model, cls_files, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("teachers") / "cls"
-    results = run(FINETUNE, recipe_args(tiny_model, cls_files, out, *TEACHER))
-    assert results["test_accuracy"] >= 0.9
-    return str(out)
 
 
 @pytest.fixture(scope="module")

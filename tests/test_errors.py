@@ -8,7 +8,7 @@ import pytest
 
 from nlptransfer.cli import main as cli
 
-from conftest import REPO, recipe_args, write_jsonl
+from conftest import REPO, concurrently, recipe_args, write_jsonl
 
 
 def broken_jsonl(tmp_path):
@@ -51,14 +51,18 @@ def test_every_recipe_reports_bad_input_in_one_line_and_exits_2(recipe, tiny_mod
 
 def test_a_real_process_prints_one_line_and_debug_shows_the_traceback(tiny_model, tmp_path):
     """As a new user meets it: `python recipes/finetune.py` on a JSONL file with a broken line 2."""
-    args = [sys.executable, str(REPO / "recipes" / "finetune.py")]
-    args += recipe_args(tiny_model, {"train": broken_jsonl(tmp_path)}, tmp_path / "out")
+    broken = broken_jsonl(tmp_path)
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+
+    def run(out: str, *extra: str):
+        args = [sys.executable, str(REPO / "recipes" / "finetune.py")]
+        args += recipe_args(tiny_model, {"train": broken}, tmp_path / out, *extra)
+        return lambda: subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+
+    done, debug = concurrently(run("out"), run("out-debug", "--debug"))  # independent processes, started together
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("error: ")] == [done.stderr.strip()]
-    debug = subprocess.run([*args, "--debug"], capture_output=True, text=True, env=env, timeout=120)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "DataError" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1].startswith("error: ")
 

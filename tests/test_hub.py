@@ -6,10 +6,9 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO, recipe_args
+from conftest import REPO, concurrently, recipe_args
 from hub_server import HubServer, last_json_line, run_client
-from test_adapters import LORA, TEXTS
-from test_recipe import run_recipe
+from test_adapters import TEXTS
 
 SECRET = "hf_secret_token_that_must_never_show"
 RECIPES = REPO / "recipes"
@@ -43,10 +42,10 @@ def front_matter(readme: bytes) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lora_run(tiny_model, cls_files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hub") / "lora"
-    run_recipe(recipe_args(tiny_model, cls_files, out, *LORA, "--num_train_epochs", "3"))
-    return out
+def lora_run(trained_runs):
+    """The session's LoRA run (conftest.py's `trained_runs`, the recipe with test_adapters' LORA settings); the
+    tests below check that pushing leaves it as it was."""
+    return trained_runs["lora"]
 
 
 def snapshot(folder) -> dict:
@@ -90,36 +89,34 @@ def test_push_adapter_then_load_from_hub_in_fresh_process(lora_run, tmp_path):
         assert "`food`, `sport`, `tech`" in readme and 'load_adapter_model("me/tiny-lora")' in readme
         assert "trainable parameters" in readme
 
-        local = run_client(
-            hub,
-            tmp_path / "local",
-            logits_code(
-                f"from nlptransfer import load_adapter_model; model = load_adapter_model({str(lora_run)!r})",
-                str(lora_run),
-            ),
+        local_code = logits_code(
+            f"from nlptransfer import load_adapter_model; model = load_adapter_model({str(lora_run)!r})", str(lora_run)
         )
-        remote = run_client(
-            hub,
-            tmp_path / "fresh",
-            logits_code(
-                'from nlptransfer import load_adapter_model; model = load_adapter_model("me/tiny-lora")', "me/tiny-lora"
-            ),
+        remote_code = logits_code(
+            'from nlptransfer import load_adapter_model; model = load_adapter_model("me/tiny-lora")', "me/tiny-lora"
+        )
+        local, remote = concurrently(
+            lambda: run_client(hub, tmp_path / "local", local_code),
+            lambda: run_client(hub, tmp_path / "fresh", remote_code),
         )
         assert remote.returncode == 0, remote.stderr[-2000:]
         assert last_json_line(remote.stdout) == last_json_line(local.stdout)
 
 
-def test_push_full_model_loads_with_auto_class(tiny_model, cls_files, tmp_path):
-    run = tmp_path / "full"
-    run_recipe(recipe_args(tiny_model, cls_files, run, "--max_steps", "5"))
+def test_push_full_model_loads_with_auto_class(trained_runs, tmp_path):
+    run = trained_runs["classification"]  # a fine-tuning run of the whole model (the session's)
     with HubServer() as hub:
+        before = snapshot(run)
         assert push(hub, tmp_path, run, "me/tiny-full", "--private").returncode == 0
+        assert snapshot(run) == before
         assert hub.get_repo("me/tiny-full").private
         card = front_matter(hub.files("me/tiny-full")["README.md"])
         assert card["library_name"] == "transformers"
         load = "from transformers import AutoModelForSequenceClassification as A; model = A.from_pretrained('{}')"
-        remote = run_client(hub, tmp_path / "fresh", logits_code(load.format("me/tiny-full"), "me/tiny-full"))
-        local = run_client(hub, tmp_path / "local", logits_code(load.format(run), str(run)))
+        remote, local = concurrently(
+            lambda: run_client(hub, tmp_path / "fresh", logits_code(load.format("me/tiny-full"), "me/tiny-full")),
+            lambda: run_client(hub, tmp_path / "local", logits_code(load.format(run), str(run))),
+        )
         assert remote.returncode == 0, remote.stderr[-2000:]
         assert last_json_line(remote.stdout) == last_json_line(local.stdout)
 
@@ -212,7 +209,9 @@ def test_multitask_recipe_pushes_one_artifact_that_reloads_from_the_hub(tiny_mod
         assert reported[("people", "test", "f1")] == pytest.approx(results["test_people_f1"])
         assert 'MultiTaskModel.from_pretrained("me/tiny-mtl")' in files["README.md"].decode()
 
-        remote = run_client(hub, tmp_path / "fresh", MTL_LOGITS.format(source="me/tiny-mtl"))
-        local = run_client(hub, tmp_path / "local", MTL_LOGITS.format(source=str(run)))
+        remote, local = concurrently(
+            lambda: run_client(hub, tmp_path / "fresh", MTL_LOGITS.format(source="me/tiny-mtl")),
+            lambda: run_client(hub, tmp_path / "local", MTL_LOGITS.format(source=str(run))),
+        )
         assert remote.returncode == 0, remote.stderr[-2000:]
         assert last_json_line(remote.stdout) == last_json_line(local.stdout)

@@ -34,7 +34,7 @@ def installed(tmp_path_factory) -> Path:
         shutil.copy2(REPO / name, source / name)
     shutil.copytree(REPO / "nlptransfer", source / "nlptransfer", ignore=shutil.ignore_patterns("__pycache__"))
     env_dir = root / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)  # this environment's pip installs into it (`--python`): no ensurepip
     python = env_dir / "bin" / "python"
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
@@ -48,7 +48,7 @@ def installed(tmp_path_factory) -> Path:
         check=True,
     )
     (wheel,) = root.glob("nlptransfer-*.whl")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel], check=True)
     return env_dir / "bin"
 
 

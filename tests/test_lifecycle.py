@@ -12,7 +12,7 @@ from nlptransfer.errors import ConfigError
 from nlptransfer.lifecycle import headline, split_prefix
 from nlptransfer.training import greater_is_better
 
-from conftest import REPO, recipe_args, write_jsonl
+from conftest import REPO, concurrently, recipe_args, write_jsonl
 from hub_server import HubServer, run_client
 from test_distill import FAST as DISTILL_FAST
 from test_mtl_recipe import mtl_config
@@ -74,22 +74,46 @@ def recipe_runs(tiny_model, cls_files, ner_files, teacher, folder):
     }
 
 
-@pytest.mark.parametrize("recipe", ["finetune", "mtl", "distill", "domain_adapt", "meta"])
-def test_every_recipe_pushes_and_logs_to_its_tracker(recipe, tiny_model, cls_files, ner_files, teacher, tmp_path):
+RECIPES = ["finetune", "mtl", "distill", "domain_adapt", "meta"]
+
+
+@pytest.fixture(scope="module")
+def pushed_runs(tiny_model, cls_files, ner_files, teacher, tmp_path_factory) -> dict:
+    """Every recipe's tiny run with --push_to_hub and --report_to tensorboard, each in a fresh process of its own
+    pushing to a Hub server of its own (independent runs, as many at a time as there are cores): recipe ->
+    (its folder, its arguments, the finished process, the files its Hub repo holds)."""
     pytest.importorskip("tensorboard")
-    args = recipe_runs(tiny_model, cls_files, ner_files, teacher, tmp_path)[recipe]
-    repo = f"me/{recipe.replace('_', '-')}"
-    args += ["--push_to_hub", "true", "--hub_model_id", repo, "--report_to", "tensorboard"]
-    code = f"""
-        import runpy, sys
-        sys.argv = [{str(REPO / "recipes" / f"{recipe}.py")!r}, *{args!r}]
-        runpy.run_path(sys.argv[0], run_name="__main__")
-    """
-    with HubServer() as hub:
-        done = run_client(hub, tmp_path / "home", textwrap.dedent(code), timeout=300, env={"HF_TOKEN": SECRET})
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "pushed to" in done.stdout and SECRET not in done.stdout + done.stderr
-        files = hub.files(repo)
+
+    def push_run(recipe: str):
+        folder = tmp_path_factory.mktemp(recipe)
+        args = recipe_runs(tiny_model, cls_files, ner_files, teacher, folder)[recipe]
+        args += ["--push_to_hub", "true", "--hub_model_id", f"me/{recipe.replace('_', '-')}"]
+        args += ["--report_to", "tensorboard"]
+        code = f"""
+            import runpy, sys
+            sys.argv = [{str(REPO / "recipes" / f"{recipe}.py")!r}, *{args!r}]
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        """
+
+        def run():
+            with HubServer() as hub:
+                done = run_client(hub, folder / "home", textwrap.dedent(code), timeout=300, env={"HF_TOKEN": SECRET})
+                try:
+                    files = hub.files(f"me/{recipe.replace('_', '-')}")
+                except KeyError:  # nothing was pushed: its test says so
+                    files = {}
+            return folder, args, done, files
+
+        return run
+
+    return dict(zip(RECIPES, concurrently(*map(push_run, RECIPES))))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_pushes_and_logs_to_its_tracker(recipe, pushed_runs):
+    tmp_path, args, done, files = pushed_runs[recipe]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pushed to" in done.stdout and SECRET not in done.stdout + done.stderr
     output_dir = (
         next(args[i + 1] for i, a in enumerate(args) if a == "--output_dir") if "--output_dir" in args else None
     )

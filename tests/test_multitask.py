@@ -14,7 +14,7 @@ from nlptransfer.batching import MultiTaskCollator, with_task
 from nlptransfer.data import encode_splits
 from nlptransfer.readers import Records
 
-from conftest import REPO, make_classification_rows, make_ner_rows
+from conftest import REPO, concurrently, make_classification_rows, make_ner_rows
 
 CLS = TaskSpec(name="topic", kind="classification", labels=["food", "sport", "tech"])
 NER = TaskSpec(name="ner", kind="ner", labels=["O", "B-LOC", "B-PER"])
@@ -260,19 +260,19 @@ print(json.dumps({name: logits.tolist() for name, logits in out.logits.items()})
 """
 
 
-@pytest.mark.parametrize(
-    "adapter, layer_mix, private",
-    [
-        (None, [], {}),
-        ("shared", [], {}),
-        ("per_task", [], {}),
-        (None, ["ner"], {}),
-        ("per_task", ["ner"], {}),
-        (None, [], {"ner": 1}),
-    ],
-    ids=["full", "lora", "lora_per_task", "full_layer_mix", "lora_per_task_layer_mix", "full_private_layers"],
-)
-def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, tmp_path, adapter, layer_mix, private):
+VARIANTS = {
+    "full": (None, [], {}),
+    "lora": ("shared", [], {}),
+    "lora_per_task": ("per_task", [], {}),
+    "full_layer_mix": (None, ["ner"], {}),
+    "lora_per_task_layer_mix": ("per_task", ["ner"], {}),
+    "full_private_layers": (None, [], {"ner": 1}),
+}
+
+
+def save_variant(tiny_model, folder: Path, adapter, layer_mix, private) -> dict:
+    """A model of the variant with every trainable weight moved off its initial value (as training would), saved
+    to `folder` with a mixed batch; its logits on that batch."""
     from nlptransfer.adapters import AdapterArguments, encoder_adapter_config
 
     model = tiny_mtl(tiny_model, layer_mix=layer_mix, private_layers=private)
@@ -280,7 +280,7 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, 
         model.add_adapter(
             encoder_adapter_config(AdapterArguments(peft="lora", lora_r=2), model.encoder), adapter == "per_task"
         )
-    with torch.no_grad():  # move every weight away from its initial value, as training would
+    with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
@@ -288,22 +288,41 @@ def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(tiny_model, 
     batch = mixed_batch(model)
     batch.pop("labels")
     expected = {name: logits.tolist() for name, logits in model(**batch).logits.items()}
-    model.save_pretrained(tmp_path / "mtl")
-    torch.save(batch, tmp_path / "batch.pt")
-    config = json.loads((tmp_path / "mtl" / "nlptransfer_multitask.json").read_text())
+    model.save_pretrained(folder / "mtl")
+    torch.save(batch, folder / "batch.pt")
+    return expected
+
+
+@pytest.fixture(scope="module")
+def fresh_reloads(tiny_model, tmp_path_factory) -> dict:
+    """Every variant saved, then reloaded by a fresh interpreter of its own (the six started together):
+    variant -> (its folder, its logits before saving, the reloading process)."""
+    root = tmp_path_factory.mktemp("fresh-reloads")
+    expected = {}
+    for name, variant in VARIANTS.items():
+        (root / name).mkdir()
+        expected[name] = save_variant(tiny_model, root / name, *variant)
+
+    def reload(name: str):
+        command = [sys.executable, "-c", RELOAD, str(root / name / "mtl"), str(root / name / "batch.pt")]
+        return lambda: subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+
+    done = concurrently(*(reload(name) for name in VARIANTS))
+    return {name: (root / name, expected[name], process) for name, process in zip(VARIANTS, done)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_save_and_reload_in_a_fresh_process_gives_identical_outputs(variant, fresh_reloads):
+    adapter, layer_mix, private = VARIANTS[variant]
+    folder, expected, done = fresh_reloads[variant]
+    config = json.loads((folder / "mtl" / "nlptransfer_multitask.json").read_text())
     assert [t["name"] for t in config["tasks"]] == ["topic", "ner"] and config["tasks"][1]["labels"] == NER.labels
     if adapter:  # only the adapter and the heads are stored; the frozen encoder comes from base_model
         from safetensors.torch import load_file
 
-        keys = load_file(tmp_path / "mtl" / "model.safetensors").keys()
+        keys = load_file(folder / "mtl" / "model.safetensors").keys()
         assert keys and all("lora_" in k or k.startswith(("routes.", "loss_weighting.")) for k in keys)
     assert config["layer_mix"] == layer_mix and config["private_layers"] == private
-    done = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(tmp_path / "mtl"), str(tmp_path / "batch.pt")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
     assert done.returncode == 0, done.stderr[-2000:]
     reloaded = json.loads(done.stdout.strip().splitlines()[-1])
     for name in expected:
