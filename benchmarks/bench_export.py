@@ -84,7 +84,7 @@ def scores(predictor, tests: dict[str, tuple]) -> dict[str, dict]:
     for name, (encoded, spec) in tests.items():
         logits = []
         for start in range(0, len(encoded.features), SCORE_BATCH):
-            batch = encoded.features[start : start + SCORE_BATCH]
+            batch = encoded.features.select(range(start, min(start + SCORE_BATCH, len(encoded.features)))).to_list()
             inputs = padded(batch, predictor.input_names, predictor.tokenizer.pad_token_id)
             logits += list(predictor.backend(inputs)[name])
         kind = TASK_KINDS[spec.kind]
@@ -225,14 +225,9 @@ def main() -> None:
 
 def _first(encoded, n: int):
     """The features of the first `n` rows of an encoded split (a NER row may have several windows)."""
-    keep = [i for i, row in enumerate(encoded.row_of_feature) if row < n]
-    return Encoded(
-        [encoded.features[i] for i in keep],
-        encoded.records.select(list(range(min(n, len(encoded.records))))),
-        encoded.row_labels[:n],
-        [encoded.row_of_feature[i] for i in keep],
-        [encoded.words_of_feature[i] for i in keep] if encoded.words_of_feature else [],
-    )
+    keep = [i for i, row in enumerate(encoded.row_of_feature.tolist()) if row < n]
+    rows = range(min(n, len(encoded.records)))
+    return Encoded(encoded.table.select(keep), encoded.records.select(rows), encoded.labels.select(rows))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
+logger = logging.getLogger(__name__)
 PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
 
 
@@ -86,6 +88,61 @@ def pad_targets(targets: Sequence, width: int) -> torch.Tensor:
     return torch.from_numpy(padded)
 
 
+class Extended(Sequence):
+    """The features of `base` (a list, a `datasets.Dataset`, another view) with more fields, computed when a row
+    is read: no copy of the rows. `fields` maps a name to a value, or to a function of (index, feature)."""
+
+    def __init__(self, base, **fields):
+        self.base, self.fields = base, fields
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _extend(self, index: int, feature: dict) -> dict:
+        feature = dict(feature)
+        for name, value in self.fields.items():
+            feature[name] = value(index, feature) if callable(value) else value
+        return feature
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        return self._extend(index, self.base[index])
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:  # a DataLoader reads a batch in one call
+        getitems = getattr(self.base, "__getitems__", None)
+        rows = getitems(list(indices)) if getitems is not None else [self.base[int(i)] for i in indices]
+        return [self._extend(int(i), row) for i, row in zip(indices, rows)]
+
+
+def feature_lengths(features) -> np.ndarray:
+    """Each feature's token count: from the Arrow column of a `datasets.Dataset` (no row read), through views
+    and concatenations, else by reading the rows."""
+    if isinstance(features, Extended):
+        return feature_lengths(features.base)
+    if isinstance(features, ConcatDataset):
+        return (
+            np.concatenate([feature_lengths(part) for part in features.datasets])
+            if features.datasets
+            else np.zeros(0, int)
+        )
+    column = getattr(features, "data", None)
+    if column is not None and "input_ids" in features.column_names:
+        import pyarrow.compute as pc
+
+        ids = (
+            features.data.column("input_ids")
+            if features._indices is None
+            else features.with_format("arrow")["input_ids"]
+        )
+        return pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.asarray([len(f["input_ids"]) for f in features], dtype=np.int64)
+
+
 class EpochSampler(Sampler[int]):
     """A seeded shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
 
@@ -94,7 +151,7 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = False):
-        self.lengths = list(lengths)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
@@ -106,21 +163,28 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __iter__(self) -> Iterator[int]:
+    def indices(self) -> np.ndarray:
+        """This epoch's order (numpy: a million rows cost 8 MB, not a million Python ints)."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        order = torch.randperm(len(self.lengths), generator=generator).numpy()
         if not self.group_by_length:
-            return iter(order)
-        mega = self.batch_size * 50
-        batches = []
+            return order
+        mega, size = self.batch_size * 50, self.batch_size
+        full, partial = [], []
         for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        full = [b for b in batches if len(b) == self.batch_size]
-        partial = [b for b in batches if len(b) < self.batch_size]
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+            chunk = order[start : start + mega]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]  # longest first, ties in drawn order
+            whole = len(chunk) // size * size
+            full.append(chunk[:whole].reshape(-1, size))
+            if whole < len(chunk):
+                partial.append(chunk[whole:])
+        full = np.concatenate(full) if full else np.zeros((0, size), dtype=order.dtype)
+        shuffled = full[torch.randperm(len(full), generator=generator).numpy()]
         # partial batches go last so every batch but the final one is full
-        return iter([i for batch in shuffled + partial for i in batch])
+        return np.concatenate([shuffled.reshape(-1), *partial])
+
+    def __iter__(self) -> Iterator[int]:
+        return map(int, self.indices())
 
 
 def train_dataloader(
@@ -132,11 +196,16 @@ def train_dataloader(
     **options,
 ) -> DataLoader:
     """The seeded training order; `options` (`TrainArguments.dataloader_options`: workers, pinned memory) go
-    to the DataLoader. The order is drawn in the main process, so workers change neither it nor a resume."""
-    sampler = EpochSampler([len(f["input_ids"]) for f in features], batch_size, seed, group_by_length)
+    to the DataLoader. The order is drawn in the main process, so workers change neither it nor a resume.
+    A stream of features (a torch `IterableDataset`, `--streaming`) keeps its own seeded order; no length groups."""
     # its own generator: starting an epoch must not draw from the global RNG that dropout uses,
     # or a run resumed mid-epoch would see different dropout masks than an uninterrupted one
     generator = torch.Generator().manual_seed(seed)
+    if isinstance(features, torch.utils.data.IterableDataset):
+        if group_by_length:
+            logger.info("a streamed training set is not grouped by length (its lengths are not known ahead)")
+        return DataLoader(features, batch_size=batch_size, collate_fn=collator, generator=generator, **options)
+    sampler = EpochSampler(feature_lengths(features), batch_size, seed, group_by_length)
     return DataLoader(
         _indexed(features),
         batch_size=batch_size,
@@ -149,25 +218,38 @@ def train_dataloader(
     )
 
 
+def has_length(loader) -> bool:
+    """Whether a loader knows its number of batches (a stream's does not)."""
+    try:
+        len(loader)
+    except TypeError:
+        return False
+    return True
+
+
 def eval_dataloader(features: list[dict], batch_size: int, collator: PaddingCollator, **options) -> DataLoader:
     """Longest first: padding is small and a batch too big for memory shows up at once. `options` as in
     `train_dataloader`; its workers are not kept between passes: each pass over a loader without its own
     generator draws a worker seed from the global RNG (even with no workers), and a kept pool would draw
     it only once, so dropout after the first evaluation would differ from a run without workers."""
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    order = np.argsort(-feature_lengths(features), kind="stable").tolist()
     return DataLoader(_indexed(features), batch_size=batch_size, sampler=order, collate_fn=collator, **options)
 
 
-def _indexed(features: list[dict]) -> list[dict]:
-    return [{**feature, "feature_index": i} for i, feature in enumerate(features)]
+def _indexed(features) -> Extended:
+    return Extended(features, feature_index=lambda index, feature: index)
 
 
-def without_labels(features: list[dict]) -> list[dict]:
+def _masked(index: int, feature: dict):
+    return [-100] * len(feature["labels"]) if isinstance(feature["labels"], list) else -100
+
+
+def without_labels(features) -> Extended:
     """The same features with every gold label masked (-100): rows that teach through another signal
     (a teacher's soft targets, a domain classifier) and never through a label."""
-    return [{**f, "labels": [-100] * len(f["labels"]) if isinstance(f["labels"], list) else -100} for f in features]
+    return Extended(features, labels=_masked)
 
 
-def with_task(features: list[dict], task_id: int) -> list[dict]:
+def with_task(features, task_id: int) -> Extended:
     """The same features tagged with the index of their task (for `MultiTaskModel` and its collator)."""
-    return [{**feature, "task_ids": task_id} for feature in features]
+    return Extended(features, task_ids=task_id)

@@ -64,7 +64,20 @@ class DataArguments:
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, read with `datasets`."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data: .jsonl/.json/.csv/.tsv or CoNLL."})
+    dataset_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset: which `datasets` split expression each split reads, e.g. "
+            "`train=train[:90%%],validation=train[90%%:],test=test` (default: train, validation/dev/valid, test)."
+        },
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: .jsonl/.json/.csv/.tsv, CoNLL, .parquet, .arrow, or a `save_to_disk` folder "
+            "(converted once to Arrow in the `datasets` cache, memory-mapped after)."
+        },
+    )
     validation_file: str | None = field(default=None, metadata={"help": "Validation data (model selection)."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, only ever scored, never selected on."})
     text_column_name: str = field(default="text", metadata={"help": "Column holding the text (classification)."})
@@ -78,6 +91,22 @@ class DataArguments:
     conll_tag_column: int = field(default=-1, metadata={"help": "CoNLL files: column index of the tag (-1: last)."})
     max_seq_length: int = field(
         default=128, metadata={"help": "Maximum tokens per input; longer NER sentences are split into windows."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "recipes/finetune.py: read --train_file row by row as training consumes it (files larger than "
+            "memory or the disk cache; nothing is converted or cached). One checking pass first reports any bad row "
+            "and counts the labels; then rows are tokenized as they are read, shuffled in a seeded buffer. Needs "
+            "--max_steps (a stream has no length) and a --validation_file; no length grouping."
+        },
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes that check and tokenize the data (`Dataset.map(num_proc=...)`); the result is cached "
+            "in the `datasets` cache, so a second run with the same data, tokenizer and settings skips it."
+        },
     )
     validation_split_percentage: int = field(
         default=0,
@@ -507,8 +536,13 @@ class TrainArguments(RunArguments):
             **super().accelerator_kwargs(),
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "mixed_precision": self.mixed_precision,
-            # pinned batches copy to the GPU while it computes; on a CPU there is no copy at all
-            "dataloader_config": DataLoaderConfiguration(non_blocking=self.dataloader_pin_memory),
+            # pinned batches copy to the GPU while it computes; on a CPU there is no copy at all. A streamed training
+            # set is read by every process, each keeping its share, not dispatched from the main one: dispatching
+            # drops the loader's own generator, so each pass would draw from the global RNG that dropout uses and
+            # a resumed run would not match an uninterrupted one
+            "dataloader_config": DataLoaderConfiguration(
+                non_blocking=self.dataloader_pin_memory, dispatch_batches=False
+            ),
         }
 
     def pad_multiple(self, device: torch.device | str) -> int | None:

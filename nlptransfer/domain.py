@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from nlptransfer.batching import Extended
 from nlptransfer.errors import ConfigError
 from nlptransfer.readers import Records
 from nlptransfer.strategies import GradientReversal, grl_schedule
@@ -109,12 +110,14 @@ def has_labels(records: Records, spec) -> bool:
 def unlabelled(records: Records, spec) -> Records:
     """The rows with their label replaced by a placeholder from the label set (files without labels
     pass validation; `batching.without_labels` then masks every one), so no target label can leak."""
-    rows = [{**row, spec.label_column: spec.labels[0]} for row in records.rows]
-    return Records(records.source, rows, records.lines, records.unit)
+    data = records.data.remove_columns([spec.label_column]) if spec.label_column in records.columns() else records.data
+    return Records(
+        records.source, unit=records.unit, data=data.add_column(spec.label_column, [spec.labels[0]] * len(data))
+    )
 
 
-def with_domain(features: list[dict], domain: int) -> list[dict]:
-    return [{**f, "domains": domain} for f in features]
+def with_domain(features, domain: int) -> Extended:
+    return Extended(features, domains=domain)
 
 
 def information_maximisation(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -213,7 +216,7 @@ def embed(model: nn.Module, features: list[dict], collator, batch_size: int = 64
         batch = collator(
             [
                 {k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                for f in features[start : start + batch_size]
+                for f in (features[i] for i in range(start, min(start + batch_size, len(features))))
             ]
         )
         out = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True)
@@ -259,6 +262,6 @@ def deep_embedded_validation(model: nn.Module, collator, source, target, validat
     source_states, _ = embed(model, source.features, collator, batch_size)
     target_states, _ = embed(model, target.features, collator, batch_size)
     states, logits = embed(model, validation.features, collator, batch_size)
-    labels = torch.tensor([f["labels"] for f in validation.features])
+    labels = torch.tensor(validation.feature_labels)
     losses = F.cross_entropy(logits, labels, reduction="none")
     return dev_risk(losses, density_ratio(source_states, target_states, states))

@@ -45,7 +45,7 @@ def host_loss(encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> flo
     kind = TASK_KINDS[spec.kind]
     if not logits:
         return 0.0
-    labels = [torch.as_tensor(feature["labels"]) for feature in encoded.features]
+    labels = [torch.as_tensor(feature_labels) for feature_labels in encoded.feature_labels]
     scores = [torch.from_numpy(row) for row in logits]
     if kind.head == "token":  # widths differ between features: pad labels with -100, which the loss ignores
         scores = pad_sequence([s[: len(y)] for s, y in zip(scores, labels)], batch_first=True)

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from nlptransfer.batching import eval_dataloader, with_task
+from nlptransfer.batching import eval_dataloader, has_length, with_task
 from nlptransfer.config import RunArguments, TrainArguments, TransferArguments, save_config
+from nlptransfer.errors import ConfigError
 from nlptransfer.evaluation import evaluate, evaluate_tasks, prefixed
 from nlptransfer.hub import push_run
 from nlptransfer.runs import CONFIG_FILE, write_results
@@ -218,12 +219,17 @@ def fit(
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
         if plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":  # DeepSpeed clips, not accelerate
             plugin.deepspeed_config["gradient_clipping"] = args.max_grad_norm
+    if not has_length(train_loader) and not args.max_steps:
+        raise ConfigError("--streaming: a stream has no length, so no epoch count; set --max_steps")
+    if not has_length(train_loader) and transfer and transfer.gradual_unfreezing == "epoch":
+        raise ConfigError("--gradual_unfreezing epoch needs epochs; a stream has none: give a step count instead")
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_sets = _prepare_loaders(accelerator, eval_sets)
-    steps = total_steps(len(train_loader), args)
+    steps = args.max_steps or total_steps(len(train_loader), args)
     per_update = scheduler_steps_per_update(accelerator)  # DeepSpeed steps the schedule once, accelerate per process
     scheduler = build_scheduler(optimizer, steps, args, per_update)
-    if transfer and (every := transfer.unfreeze_every(len(train_loader), args.gradient_accumulation_steps)):
+    batches = len(train_loader) if has_length(train_loader) else 0
+    if transfer and (every := transfer.unfreeze_every(batches, args.gradient_accumulation_steps)):
         gradual_unfreezing(scheduler, every * per_update)
     scheduler = accelerator.prepare(scheduler)
     loss_terms = list(loss_terms)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -126,12 +127,12 @@ class _TaskStream:
             self.lengths, self.batch_size, derive_seed(self.seed, "task", self.task, pass_), self.group_by_length
         )
         sampler.set_epoch(pass_)
-        order = list(sampler)
+        order = sampler.indices()
         # a pass that starts mid-batch (the previous pass ended with a partial batch) is rotated so
         # that `head` examples finish that batch and its length groups still line up with batches
         head = (-pass_ * len(order)) % self.batch_size
         start = -head % len(order)
-        return order[start:] + order[:start]
+        return np.concatenate([order[start:], order[:start]])
 
     def take(self, count: int) -> list[int]:
         taken = []
@@ -139,7 +140,7 @@ class _TaskStream:
             if self.index == len(self.order):
                 self.pass_, self.index = self.pass_ + 1, 0
                 self.order = self._pass_order(self.pass_)
-            piece = self.order[self.index : self.index + count - len(taken)]
+            piece = self.order[self.index : self.index + count - len(taken)].tolist()
             taken += piece
             self.index += len(piece)
         return taken
@@ -173,7 +174,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"every task needs training examples, got sizes {[len(task) for task in lengths]}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        self.lengths = [list(task) for task in lengths]
+        self.lengths = [np.asarray(task, dtype=np.int64) for task in lengths]
         self.batch_size = batch_size
         self.task_sampler = task_sampler
         self.seed = seed

@@ -15,20 +15,27 @@ name. What a model needs to build a head and a loss for any kind:
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import logging
 import math
-from collections.abc import Sequence
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from nlptransfer.errors import ConfigError, DataError
 from nlptransfer.metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
-from nlptransfer.readers import Records, iob1_to_iob2
+from nlptransfer.readers import LINE, Records, iob1_to_iob2, locate
 
 logger = logging.getLogger(__name__)
 
@@ -102,27 +109,77 @@ def pool_chunks(logits: Sequence[np.ndarray], row_of_feature: Sequence[int], poo
     return [CHUNK_POOLING[pooling](np.stack(rows[row]), axis=0) for row in sorted(rows)]
 
 
+FEATURE_INFO = ("length", "__row__", "__words__")
+"""Columns `encode` adds beside the model inputs: each feature's token count, its row, its words (token tasks)."""
+
+
 @dataclass
 class Encoded:
-    """Model inputs of one split, plus what scoring needs to map predictions back to rows and words."""
+    """Model inputs of one split (a `datasets.Dataset` of `input_ids`, ..., `labels`: memory-mapped when the
+    split came from a file), plus what scoring needs to map predictions back to rows and words.
 
-    features: list[dict]
+    `table` is what `encode` wrote (the inputs and `FEATURE_INFO`); `labels` the checked label of every row."""
+
+    table: object
     records: Records
-    row_labels: list
-    row_of_feature: list[int]
-    words_of_feature: list[list[int]] = field(default_factory=list)
+    labels: object
 
-    def lengths(self) -> list[int]:
-        return [len(f["input_ids"]) for f in self.features]
+    @classmethod
+    def from_features(cls, features: list[dict], rows: list[int] | None = None, labels: list | None = None) -> Encoded:
+        """An `Encoded` of ready features (tests, benchmarks): each its own row unless `rows` says otherwise."""
+        from datasets import Dataset
 
-
-def _field(records: Records, index: int, column: str, flag: str):
-    row = records.rows[index]
-    if column not in row:
-        raise DataError(
-            f"{records.where(index)}: no field {column!r} (fields: {', '.join(map(repr, row))}); set {flag}"
+        rows = list(range(len(features))) if rows is None else rows
+        table = Dataset.from_list(
+            [{**f, "__row__": row, "length": len(f["input_ids"])} for f, row in zip(features, rows)]
         )
+        return cls(table, Records("features"), Dataset.from_dict({"label": labels or []}))
+
+    @cached_property
+    def features(self):
+        """The model inputs, one dict per feature (what collators batch)."""
+        return self.table.remove_columns([name for name in FEATURE_INFO if name in self.table.column_names])
+
+    def lengths(self) -> np.ndarray:
+        return _column(self.table, "length").to_numpy()
+
+    @cached_property
+    def row_of_feature(self) -> np.ndarray:
+        return _column(self.table, "__row__").to_numpy()
+
+    @cached_property
+    def words_of_feature(self) -> list[list[int]]:
+        return _column(self.table, "__words__").to_pylist() if "__words__" in self.table.column_names else []
+
+    @cached_property
+    def row_labels(self) -> list:
+        return _column(self.labels, "label").to_pylist()
+
+    @cached_property
+    def feature_labels(self) -> list:
+        return _column(self.table, "labels").to_pylist()
+
+
+def _column(dataset, name: str):
+    """One column of a `datasets.Dataset` as an Arrow array (zero-copy unless rows were selected); an empty
+    split's map output has no columns: an empty array."""
+    if name not in dataset.column_names:
+        return pa.chunked_array([], pa.null())
+    if dataset._indices is None:
+        return dataset.data.column(name)
+    return dataset.with_format("arrow")[name]
+
+
+def _field(row: dict, where: str, column: str, flag: str):
+    """The row's value in `column` (None where this row lacks a field other rows have, or holds null)."""
+    if column not in row:
+        fields = ", ".join(repr(name) for name, value in row.items() if value is not None)
+        raise DataError(f"{where}: no field {column!r} (fields: {fields}); set {flag}")
     return row[column]
+
+
+def _has(row: dict, column: str) -> bool:
+    return row.get(column) is not None
 
 
 def _label_name(value, where: str, column: str) -> str:
@@ -181,6 +238,181 @@ def mse_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
 
 
+ENCODING_VERSION = "1"
+"""Part of every check/encode cache fingerprint: bump it when what they write changes."""
+
+
+def _spec_key(spec: TaskSpec) -> list:
+    """What of `spec` decides how rows are read and split into features."""
+    return [
+        spec.text_column,
+        spec.text_pair_column,
+        spec.label_column,
+        spec.tokens_column,
+        spec.tags_column,
+        spec.long_text,
+        spec.doc_stride,
+    ]
+
+
+def tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A tokenizer's identity for caches: its class, its full definition (a fast tokenizer's JSON without the
+    truncation/padding state a call leaves behind, else its vocabulary) and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    identity = [type(tokenizer).__name__, state, tokenizer.all_special_tokens, getattr(tokenizer, "padding_side", None)]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _row_labels(batch: dict[str, list], kind: TaskKind, spec: TaskSpec, source: str, unit: str) -> list:
+    """Every row of a batch checked by `kind.check_row`."""
+    columns = [name for name in batch if name != LINE]
+    labels = []
+    for i, line in enumerate(batch[LINE]):
+        row = {name: batch[name][i] for name in columns}
+        labels.append(kind.check_row(row, locate(source, unit, line), spec))
+    return labels
+
+
+def _check_rows(batch, indices, kind, spec, source, unit) -> dict:
+    return {"label": _row_labels(batch, kind, spec, source, unit)}
+
+
+def _encode_rows(batch, indices, kind, spec, tokenizer, max_length, source, unit) -> dict:
+    features = kind.encode_batch(batch, _row_labels(batch, kind, spec, source, unit), tokenizer, spec, max_length)
+    features["__row__"] = [indices[position] for position in features["__row__"]]
+    features["length"] = [len(ids) for ids in features["input_ids"]]
+    return features
+
+
+def _map_rows(records: Records, function, options: dict, key, num_proc: int | None):
+    """`function` over batches of `records`' rows with `Dataset.map`, its output (only) kept. The result is
+    cached beside the rows' Arrow file under a fingerprint of the rows and `key`, so the same rows, settings
+    (and tokenizer) are read or tokenized once; `num_proc` processes share the work."""
+    data = records.data
+    fingerprint = hashlib.sha256(
+        json.dumps([ENCODING_VERSION, data._fingerprint, key], default=str).encode()
+    ).hexdigest()[:32]
+    processes = num_proc if num_proc and num_proc > 1 and len(data) >= 2 * num_proc else None
+    return data.map(
+        function,
+        batched=True,
+        with_indices=True,
+        remove_columns=data.column_names,
+        fn_kwargs={**options, "source": records.source, "unit": records.unit},
+        new_fingerprint=fingerprint,
+        num_proc=processes,
+        try_original_type=False,  # a "label"/"labels" column written here is not the one read
+        desc=f"{key[0]} {records.source}",
+    )
+
+
+def _log_windows(records: Records, table, max_length: int, head: str) -> None:
+    """Say how many texts were chunked (or sentences split), or else truncated."""
+    if not len(table):
+        return
+    rows = _column(table, "__row__").to_numpy()
+    if len(rows) > len(records):
+        repeated = rows[1:][rows[1:] == rows[:-1]]
+        what = "texts" if head == "sequence" else "sentences"
+        logger.info(
+            "%s: %d %s longer than max_seq_length=%d became %d windows",
+            records.source,
+            len(np.unique(repeated)),
+            what,
+            max_length,
+            len(rows),
+        )
+    elif head == "sequence" and (truncated := int((_column(table, "length").to_numpy() >= max_length).sum())):
+        logger.info(
+            "%s: %d of %d examples reach max_seq_length=%d and were truncated",
+            records.source,
+            truncated,
+            len(rows),
+            max_length,
+        )
+
+
+STREAM_BATCH_ROWS = 1000
+"""Rows a stream tokenizes at a time."""
+
+
+class StreamedFeatures(torch.utils.data.IterableDataset):
+    """A `Stream`'s features, tokenized batch by batch as training reads them (`--streaming`), in the order of a
+    seeded shuffle buffer of `buffer_size` features that depends only on (seed, epoch): a resumed run sees the
+    same order. DataLoader workers each tokenize every k-th batch of rows."""
+
+    def __init__(
+        self, stream, kind: TaskKind, spec: TaskSpec, tokenizer, max_length: int, seed: int, buffer_size: int = 10_000
+    ):
+        self.stream, self.kind, self.spec, self.tokenizer = stream, kind, spec, tokenizer
+        self.max_length, self.seed, self.buffer_size, self.epoch = max_length, seed, buffer_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _features(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        share, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        rows = iter(self.stream)
+        for number in itertools.count():
+            chunk = list(itertools.islice(rows, STREAM_BATCH_ROWS))
+            if not chunk:
+                return
+            if number % workers != share:
+                continue
+            columns = list(dict.fromkeys(name for _, row in chunk for name in row))
+            batch = {name: [row.get(name) for _, row in chunk] for name in columns}
+            batch[LINE] = [line for line, _ in chunk]
+            indices = range(number * STREAM_BATCH_ROWS, number * STREAM_BATCH_ROWS + len(chunk))
+            options = dict(kind=self.kind, spec=self.spec, tokenizer=self.tokenizer, max_length=self.max_length)
+            encoded = _encode_rows(batch, indices, **options, source=self.stream.source, unit=self.stream.unit)
+            inputs = [name for name in encoded if name not in FEATURE_INFO]
+            for i in range(len(encoded["input_ids"])):
+                yield {name: encoded[name][i] for name in inputs}
+
+    def __iter__(self) -> Iterator[dict]:
+        order = random.Random(f"{self.seed}-{self.epoch}")
+        buffer: list[dict] = []
+        for feature in self._features():
+            buffer.append(feature)
+            if len(buffer) >= self.buffer_size:
+                i = order.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+        order.shuffle(buffer)
+        yield from buffer
+
+
+@dataclass
+class StreamEncoded:
+    """A streamed split's `features` (a `StreamedFeatures`); it has no length until iterated."""
+
+    features: StreamedFeatures
+    records: object
+
+
+def check_stream(stream, kind: TaskKind, spec: TaskSpec) -> Counter:
+    """One pass over a stream that checks every row (file:line errors, before training starts) and counts its
+    labels (each name once per row; every tag for token tasks); sets the stream's row count."""
+    kind.check_spec(spec)
+    check_long_text(spec)
+    counts: Counter = Counter()
+    rows = 0
+    for line, row in stream:
+        label = kind.check_row(row, stream.at(line), spec)
+        if kind.has_label_set:
+            counts.update(label if isinstance(label, list) else [label])
+        rows += 1
+    stream.rows = rows
+    return counts
+
+
 class TaskKind:
     """What every kind provides; the defaults are those of a kind that predicts classes."""
 
@@ -204,12 +436,12 @@ class TaskKind:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
         return cross_entropy_loss(logits, labels, weights)
 
-    def balanced_weights(self, labels: list, spec: TaskSpec) -> list[float]:
+    def balanced_weights(self, counts: Sequence[int], rows: int, spec: TaskSpec) -> list[float]:
         """`--class_weights balanced`: n / (classes x count) per class of the training labels (sklearn's
-        "balanced"); a class absent from train gets weight 1."""
-        names = [name for row in labels for name in (row if isinstance(row, list) else [row])]  # NER: every tag
-        counts = np.bincount([spec.label2id[name] for name in names], minlength=len(spec.labels))
-        return [len(names) / (len(spec.labels) * c) if c else 1.0 for c in counts.tolist()]
+        "balanced"; NER counts every tag); a class absent from train gets weight 1. `counts`: each label's
+        occurrences in train, in label order; `rows`: train's rows."""
+        n = sum(counts)
+        return [n / (len(spec.labels) * c) if c else 1.0 for c in counts]
 
     def calibrate(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> None:
         """Fit what the kind decides on validation predictions (a multi-label task's thresholds) into `spec`."""
@@ -229,14 +461,40 @@ class TaskKind:
     def label_order(self, names: set[str]) -> list[str]:
         return _sorted_labels(names)
 
-    def check(self, records: Records, spec: TaskSpec) -> list:
-        """Validate every row; return its labels in row order."""
+    def check_row(self, row: dict, where: str, spec: TaskSpec):
+        """Validate one row (its fields that hold a value); return its label as the kind keeps it (a class name,
+        a list of names, a number, a list of IOB2 tags). Errors name `where` (file:line) and the field."""
         raise NotImplementedError
 
-    def encode(
-        self, records: Records, labels: list, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
-    ) -> Encoded:
+    def encode_batch(self, rows: dict[str, list], where: list[str], tokenizer, spec: TaskSpec, max_length: int) -> dict:
+        """Model inputs of a batch of rows (columns of values): `input_ids`, ..., `labels`, and `__row__` (the
+        batch position of each feature's row); token tasks add `__words__`."""
         raise NotImplementedError
+
+    def check(self, records: Records, spec: TaskSpec, num_proc: int | None = None):
+        """Validate every row (a batched `Dataset.map`, cached); return a dataset of each row's `label`."""
+        self.check_spec(spec)
+        check_long_text(spec)
+        return _map_rows(
+            records, _check_rows, dict(kind=self, spec=spec), ("check", self.name, _spec_key(spec)), num_proc
+        )
+
+    def encode(
+        self,
+        records: Records,
+        labels,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: TaskSpec,
+        max_length: int,
+        num_proc: int | None = None,
+    ) -> Encoded:
+        """Tokenize every row (a batched `Dataset.map`, cached: the same rows, tokenizer and settings are
+        tokenized once); `labels` from `check`."""
+        key = ("encode", self.name, _spec_key(spec), spec.labels, max_length, tokenizer_key(tokenizer))
+        options = dict(kind=self, spec=spec, tokenizer=tokenizer, max_length=max_length)
+        table = _map_rows(records, _encode_rows, options, key, num_proc)
+        _log_windows(records, table, max_length, self.head)
+        return Encoded(table, records, labels)
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
         raise NotImplementedError
@@ -289,73 +547,45 @@ class _SequenceKind(TaskKind):
     def row_label(self, value, where: str, column: str):
         raise NotImplementedError
 
-    def feature_label(self, label, spec: TaskSpec):
+    def feature_label(self, label, label2id: dict[str, int]):
+        """A row's label as the model's target (`label2id`: the spec's label ids)."""
         raise NotImplementedError
 
-    def check(self, records: Records, spec: TaskSpec) -> list:
-        """Validate every row; return its labels in row order."""
-        self.check_spec(spec)
-        check_long_text(spec)
-        labels = []
-        for i, row in enumerate(records.rows):
-            if spec.tokens_column in row and spec.tags_column in row and spec.text_column not in row:
-                raise DataError(
-                    f"{records.where(i)}: this row has token/tag lists ({spec.tokens_column!r}, {spec.tags_column!r}) "
-                    f"but no {spec.text_column!r} field; for tagging use --task_type ner"
-                )
-            columns = [(spec.text_column, "--text_column_name")]
-            if spec.text_pair_column:
-                columns.append((spec.text_pair_column, "--text_pair_column_name"))
-            for column, flag in columns:
-                text = _field(records, i, column, flag)
-                if not isinstance(text, str) or not text.strip():
-                    raise DataError(f"{records.where(i)}: field {column!r} is empty or not text: {text!r}")
-            labels.append(
-                self.row_label(
-                    _field(records, i, spec.label_column, "--label_column_name"), records.where(i), spec.label_column
-                )
+    def check_row(self, row: dict, where: str, spec: TaskSpec):
+        if _has(row, spec.tokens_column) and _has(row, spec.tags_column) and not _has(row, spec.text_column):
+            raise DataError(
+                f"{where}: this row has token/tag lists ({spec.tokens_column!r}, {spec.tags_column!r}) "
+                f"but no {spec.text_column!r} field; for tagging use --task_type ner"
             )
-        return labels
+        columns = [(spec.text_column, "--text_column_name")]
+        if spec.text_pair_column:
+            columns.append((spec.text_pair_column, "--text_pair_column_name"))
+        for column, flag in columns:
+            text = _field(row, where, column, flag)
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{where}: field {column!r} is empty or not text: {text!r}")
+        return self.row_label(_field(row, where, spec.label_column, "--label_column_name"), where, spec.label_column)
 
-    def encode(
-        self, records: Records, labels: list, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, max_length: int
-    ) -> Encoded:
+    def encode_batch(self, rows: dict[str, list], labels: list, tokenizer, spec: TaskSpec, max_length: int) -> dict:
         """One feature per text, truncated to `max_length`; or, `spec.long_text == "chunk"`, one per window of
         it (overlapping by `spec.doc_stride` tokens; a pair's first text is the one chunked), each with the
         text's label."""
-        texts = [row[spec.text_column] for row in records.rows]
-        pairs = [row[spec.text_pair_column] for row in records.rows] if spec.text_pair_column else None
+        texts = rows[spec.text_column]
+        pairs = rows[spec.text_pair_column] if spec.text_pair_column else None
         encoding = tokenize_texts(tokenizer, texts, pairs, max_length, spec)
-        rows = list(encoding.pop("overflow_to_sample_mapping", range(len(texts))))
-        features = []
-        for i, row in enumerate(rows):
-            feature = {key: encoding[key][i] for key in encoding.keys()}
-            feature["labels"] = self.feature_label(labels[row], spec)
-            features.append(feature)
-        if len(rows) > len(texts):
-            logger.info(
-                "%s: %d texts longer than max_seq_length=%d became %d windows",
-                records.source,
-                len(set(r for r, n in zip(rows, rows[1:]) if r == n)),
-                max_length,
-                len(rows),
-            )
-        elif truncated := sum(len(f["input_ids"]) >= max_length for f in features):
-            logger.info(
-                "%s: %d of %d examples reach max_seq_length=%d and were truncated",
-                records.source,
-                truncated,
-                len(features),
-                max_length,
-            )
-        return Encoded(features, records, labels, rows)
+        positions = list(encoding.pop("overflow_to_sample_mapping", range(len(texts))))
+        label2id = spec.label2id
+        features = {key: encoding[key] for key in encoding.keys()}
+        features["labels"] = [self.feature_label(labels[row], label2id) for row in positions]
+        features["__row__"] = positions
+        return features
 
     def pooled(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> tuple[list, list[np.ndarray]]:
         """(each text's feature label, each text's logits): chunks pooled by `spec.chunk_pooling`."""
         first = {}
-        for index, row in enumerate(encoded.row_of_feature):
+        for index, row in enumerate(encoded.row_of_feature.tolist()):
             first.setdefault(row, index)
-        y_true = [encoded.features[first[row]]["labels"] for row in sorted(first)]
+        y_true = [encoded.feature_labels[first[row]] for row in sorted(first)]
         if len(first) == len(logits):
             return y_true, logits
         return y_true, pool_chunks(logits, encoded.row_of_feature, spec.chunk_pooling)
@@ -371,8 +601,8 @@ class ClassificationKind(_SequenceKind):
     def row_label(self, value, where: str, column: str) -> str:
         return _label_name(value, where, column)
 
-    def feature_label(self, label: str, spec: TaskSpec) -> int:
-        return spec.label2id[label]
+    def feature_label(self, label: str, label2id: dict[str, int]) -> int:
+        return label2id[label]
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
         y_true, logits = self.pooled(encoded, logits, spec)
@@ -440,25 +670,22 @@ class MultiLabelKind(_SequenceKind):
             value = [part for part in (p.strip() for p in value.split(",")) if part]
         if not isinstance(value, list):
             raise DataError(f"{where}: field {column!r} holds {value!r}; expected a list of class names")
-        return [_label_name(item, where, column) for item in value]
+        return list(dict.fromkeys(_label_name(item, where, column) for item in value))  # a name counts once
 
-    def feature_label(self, label: list[str], spec: TaskSpec) -> list[float]:
-        hot = [0.0] * len(spec.labels)
+    def feature_label(self, label: list[str], label2id: dict[str, int]) -> list[float]:
+        hot = [0.0] * len(label2id)
         for name in label:
-            hot[spec.label2id[name]] = 1.0
+            hot[label2id[name]] = 1.0
         return hot
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
         pos_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=logits.device)
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos_weight)
 
-    def balanced_weights(self, labels: list, spec: TaskSpec) -> list[float]:
+    def balanced_weights(self, counts: Sequence[int], rows: int, spec: TaskSpec) -> list[float]:
         """`--class_weights balanced`: BCE's `pos_weight` of each label, negatives / positives in train (1 for a
-        label with no positive)."""
-        positives = np.zeros(len(spec.labels))
-        for names in labels:
-            positives[[spec.label2id[name] for name in set(names)]] += 1
-        return [(len(labels) - p) / p if p else 1.0 for p in positives.tolist()]
+        label with no positive; a row names a label at most once)."""
+        return [(rows - p) / p if p else 1.0 for p in counts]
 
     def calibrate(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> None:
         """Choose `spec.thresholds` on these (validation) predictions: the threshold of THRESHOLD_GRID with the
@@ -510,13 +737,13 @@ class RegressionKind(_SequenceKind):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
         return mse_loss(logits, labels)
 
-    def balanced_weights(self, labels: list, spec: TaskSpec) -> list[float]:
+    def balanced_weights(self, counts: Sequence[int], rows: int, spec: TaskSpec) -> list[float]:
         raise ConfigError("--class_weights: a regression task has no classes to weigh")
 
     def row_label(self, value, where: str, column: str) -> float:
         return _label_number(value, where, column)
 
-    def feature_label(self, label: float, spec: TaskSpec) -> float:
+    def feature_label(self, label: float, label2id: dict[str, int]) -> float:
         return label
 
     def score(self, encoded: Encoded, logits: list[np.ndarray], spec: TaskSpec) -> dict[str, float]:
@@ -535,46 +762,35 @@ class NerKind(TaskKind):
         # "O" first, then by entity type with B- before I-: stable whatever the file order
         return sorted(names, key=lambda tag: (tag != "O", tag[2:], tag[:2]))
 
-    def check(self, records: Records, spec: TaskSpec) -> list[list[str]]:
-        """Validate every row; return its IOB2 tag sequences in row order."""
-        self.check_spec(spec)
-        all_tags = []
-        for i, row in enumerate(records.rows):
-            if spec.tokens_column not in row and spec.label_column in row:
-                raise DataError(
-                    f"{records.where(i)}: task 'ner' needs a word list {spec.tokens_column!r} and a tag list "
-                    f"{spec.tags_column!r} per row, but this row has a single label {spec.label_column!r}; "
-                    f"use --task_type classification, or set --tokens_column_name/--tags_column_name"
-                )
-            tokens = _field(records, i, spec.tokens_column, "--tokens_column_name")
-            tags = _field(records, i, spec.tags_column, "--tags_column_name")
-            if not isinstance(tokens, list) or not isinstance(tags, list):
-                raise DataError(
-                    f"{records.where(i)}: fields {spec.tokens_column!r} and {spec.tags_column!r} must be lists"
-                )
-            if not tokens:
-                raise DataError(f"{records.where(i)}: field {spec.tokens_column!r} is an empty sentence")
-            if len(tokens) != len(tags):
-                raise DataError(
-                    f"{records.where(i)}: {spec.tokens_column!r} has {len(tokens)} items but {spec.tags_column!r} has {len(tags)}"
-                )
-            if not all(isinstance(token, str) and token for token in tokens):
-                raise DataError(f"{records.where(i)}: field {spec.tokens_column!r} holds an empty or non-text word")
-            all_tags.append(iob1_to_iob2([_label_name(tag, records.where(i), spec.tags_column) for tag in tags]))
-        return all_tags
+    def check_row(self, row: dict, where: str, spec: TaskSpec) -> list[str]:
+        """The row's IOB2 tags."""
+        if not _has(row, spec.tokens_column) and _has(row, spec.label_column):
+            raise DataError(
+                f"{where}: task 'ner' needs a word list {spec.tokens_column!r} and a tag list "
+                f"{spec.tags_column!r} per row, but this row has a single label {spec.label_column!r}; "
+                f"use --task_type classification, or set --tokens_column_name/--tags_column_name"
+            )
+        tokens = _field(row, where, spec.tokens_column, "--tokens_column_name")
+        tags = _field(row, where, spec.tags_column, "--tags_column_name")
+        if not isinstance(tokens, list) or not isinstance(tags, list):
+            raise DataError(f"{where}: fields {spec.tokens_column!r} and {spec.tags_column!r} must be lists")
+        if not tokens:
+            raise DataError(f"{where}: field {spec.tokens_column!r} is an empty sentence")
+        if len(tokens) != len(tags):
+            raise DataError(
+                f"{where}: {spec.tokens_column!r} has {len(tokens)} items but {spec.tags_column!r} has {len(tags)}"
+            )
+        if not all(isinstance(token, str) and token for token in tokens):
+            raise DataError(f"{where}: field {spec.tokens_column!r} holds an empty or non-text word")
+        return iob1_to_iob2([_label_name(tag, where, spec.tags_column) for tag in tags])
 
-    def encode(
-        self,
-        records: Records,
-        labels: list[list[str]],
-        tokenizer: PreTrainedTokenizerBase,
-        spec: TaskSpec,
-        max_length: int,
-    ) -> Encoded:
+    def encode_batch(
+        self, rows: dict[str, list], labels: list[list[str]], tokenizer, spec: TaskSpec, max_length: int
+    ) -> dict:
         """Label the first sub-word of each word (-100 elsewhere); split sentences too long into windows."""
         label2id = spec.label2id
         budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
-        sentences = [row[spec.tokens_column] for row in records.rows]
+        sentences = rows[spec.tokens_column]
         full = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
         windows: list[tuple[int, int, int]] = []  # (row, first word, end word)
         for row in range(len(sentences)):
@@ -586,23 +802,15 @@ class NerKind(TaskKind):
                     start, used = word, 0
                 used += count
             windows.append((row, start, len(sentences[row])))
-        split = len(windows) - len(sentences)
-        if split:
-            logger.info(
-                "%s: %d sentences longer than max_seq_length=%d were split into windows",
-                records.source,
-                split,
-                max_length,
-            )
         encoding = tokenizer(
             [sentences[row][start:end] for row, start, end in windows],
             is_split_into_words=True,
             truncation=True,
             max_length=max_length,
         )
-        features, words_of_feature = [], []
+        features = {key: encoding[key] for key in encoding.keys()}
+        features["labels"], features["__words__"] = [], []
         for i, (row, start, _) in enumerate(windows):
-            feature = {key: encoding[key][i] for key in encoding.keys()}
             feature_labels, words, previous = [], [], None
             for word in encoding.word_ids(i):
                 if word is None or word == previous:
@@ -611,10 +819,10 @@ class NerKind(TaskKind):
                     feature_labels.append(label2id[labels[row][start + word]])
                     words.append(start + word)
                 previous = word
-            feature["labels"] = feature_labels
-            features.append(feature)
-            words_of_feature.append(words)
-        return Encoded(features, records, labels, [row for row, _, _ in windows], words_of_feature)
+            features["labels"].append(feature_labels)
+            features["__words__"].append(words)
+        features["__row__"] = [row for row, _, _ in windows]
+        return features
 
     def decode(self, logits: torch.Tensor, spec: TaskSpec, encoding, row: int, text: str) -> list[dict]:
         """First sub-word of each word carries the word's tag; IOB2 tags join into character spans."""
@@ -654,10 +862,11 @@ class NerKind(TaskKind):
         y_true = encoded.row_labels
         y_pred = [["O"] * len(tags) for tags in y_true]
         scored = [np.zeros(len(tags), dtype=bool) for tags in y_true]
-        for index, (feature, words) in enumerate(zip(encoded.features, encoded.words_of_feature)):
-            row = encoded.row_of_feature[index]
-            positions = [j for j, label in enumerate(feature["labels"]) if label != -100]
-            predicted = np.argmax(logits[index][: len(feature["labels"])], axis=-1)
+        rows = encoded.row_of_feature.tolist()
+        for index, (feature_labels, words) in enumerate(zip(encoded.feature_labels, encoded.words_of_feature)):
+            row = rows[index]
+            positions = [j for j, label in enumerate(feature_labels) if label != -100]
+            predicted = np.argmax(logits[index][: len(feature_labels)], axis=-1)
             for position, word in zip(positions, words):
                 y_pred[row][word] = spec.labels[int(predicted[position])]
                 scored[row][word] = True

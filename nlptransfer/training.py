@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from nlptransfer.batching import has_length
 from nlptransfer.config import RunArguments, TrainArguments
 from nlptransfer.encoders import cpu_cores
 from nlptransfer.errors import CheckpointNotFoundError, ConfigError, OutputDirError
@@ -453,5 +454,7 @@ class Trainer:
             "train_steps": state.step,
             **engine_of(accelerator),
             "train_mixed_precision": accelerator.mixed_precision,
-            "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_loader), 1),
+            "epoch": state.epoch + state.batches_in_epoch / max(len(self.train_loader), 1)
+            if has_length(self.train_loader)
+            else state.epoch,
         }

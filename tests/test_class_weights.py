@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nlptransfer.data import read_class_weights
+from nlptransfer.data import label_counts, read_class_weights
 from nlptransfer.errors import ConfigError, DataError
 from nlptransfer.lifecycle import weighted_task_loss
 from nlptransfer.tasks import TASK_KINDS, TaskSpec
@@ -38,14 +38,21 @@ def test_pos_weight_scales_each_labels_positive_term_by_hand():
 
 
 def test_balanced_weights_from_the_training_labels():
+    from datasets import Dataset
+
     spec = TaskSpec(labels=["neg", "pos"])
     # 9 neg, 1 pos: n / (classes x count)
-    assert TASK_KINDS["classification"].balanced_weights(["neg"] * 9 + ["pos"], spec) == pytest.approx([10 / 18, 5.0])
+    counts = label_counts(Dataset.from_dict({"label": ["neg"] * 9 + ["pos"]}), spec)
+    assert counts == [9, 1]
+    assert TASK_KINDS["classification"].balanced_weights(counts, 10, spec) == pytest.approx([10 / 18, 5.0])
     spec = TaskSpec(kind="multilabel", labels=["a", "b", "c"])
-    rows = [["a"], ["a", "b"], [], ["a", "a"]]  # a: 3 of 4 rows, b: 1 of 4, c: none
-    assert TASK_KINDS["multilabel"].balanced_weights(rows, spec) == pytest.approx([1 / 3, 3.0, 1.0])
+    kind = TASK_KINDS["multilabel"]
+    rows = [kind.row_label(names, "f:1", "labels") for names in (["a"], ["a", "b"], [], ["a", "a"])]
+    counts = label_counts(Dataset.from_dict({"label": rows}), spec)
+    assert counts == [3, 1, 0]  # a: 3 of 4 rows (named twice in one: counted once), b: 1 of 4, c: none
+    assert kind.balanced_weights(counts, 4, spec) == pytest.approx([1 / 3, 3.0, 1.0])
     with pytest.raises(ConfigError, match="regression task has no classes"):
-        TASK_KINDS["regression"].balanced_weights([1.0], TaskSpec(kind="regression"))
+        TASK_KINDS["regression"].balanced_weights([1], 1, TaskSpec(kind="regression"))
 
 
 def test_multilabel_weighs_positives_by_default_and_none_turns_it_off(tiny_model, tmp_path):

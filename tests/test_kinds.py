@@ -109,14 +109,14 @@ def test_kind_loss_matches_the_transformers_head_loss(name, tiny_model, tokenize
 def test_host_loss_uses_the_kind_loss():
     rows = [np.array([0.5], dtype=np.float32), np.array([2.0], dtype=np.float32), np.array([-1.0], dtype=np.float32)]
     targets = [1.0, 2.0, 0.0]
-    encoded = Encoded([{"input_ids": [1], "labels": y} for y in targets], None, targets, [0, 1, 2])
+    encoded = Encoded.from_features([{"input_ids": [1], "labels": y} for y in targets])
     assert host_loss(encoded, rows, TaskSpec(kind="regression")) == pytest.approx((0.25 + 0 + 1) / 3)
 
     # token logits of different widths (padded across processes) against labels of each feature's length
     rng = np.random.default_rng(0)
     logits = [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)]
     labels = [[-100, 1, 2, -100], [-100, 0, 0, 1, 2, -100]]
-    encoded = Encoded([{"input_ids": [0] * len(y), "labels": y} for y in labels], None, [], [0, 1])
+    encoded = Encoded.from_features([{"input_ids": [0] * len(y), "labels": y} for y in labels])
     flat_logits = torch.cat([torch.from_numpy(row[: len(y)]) for row, y in zip(logits, labels)])
     flat_labels = torch.tensor([label for y in labels for label in y])
     expected = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)

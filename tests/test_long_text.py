@@ -37,12 +37,12 @@ def test_long_texts_become_overlapping_windows_with_the_texts_label(tiny_model, 
     encoded = encode_splits(records, spec, tokenizer, 16)["train"]
     windows = [f["input_ids"] for f in encoded.features]
     # 31 words: windows of 14 tokens (16 minus [CLS], [SEP]) stepping by 10 -> 3 windows, then the short text
-    assert encoded.row_of_feature == [0, 0, 0, 1]
+    assert encoded.row_of_feature.tolist() == [0, 0, 0, 1]
     assert all(len(ids) <= 16 for ids in windows) and len(windows[0]) == 16
     assert windows[0][1:-1][-4:] == windows[1][1:-1][:4]  # doc_stride tokens shared by neighbours
     assert [f["labels"] for f in encoded.features] == [0, 0, 0, 1]
     truncated = encode_splits(records, TaskSpec(labels=["sport", "tech"]), tokenizer, 16)["train"]
-    assert truncated.row_of_feature == [0, 1]
+    assert truncated.row_of_feature.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max"])

@@ -24,7 +24,7 @@ def test_labels_parse_as_lists_or_comma_separated_names_and_bad_ones_name_the_ro
     with pytest.raises(DataError, match=r"f:3: field 'labels' holds 7; expected a list of class names"):
         KIND.row_label(7, "f:3", "labels")
     spec = TaskSpec(kind="multilabel", labels=["anger", "joy", "love"])
-    assert KIND.feature_label(["love", "anger"], spec) == [1.0, 0.0, 1.0]
+    assert KIND.feature_label(["love", "anger"], spec.label2id) == [1.0, 0.0, 1.0]
     assert KIND.model_config(spec)["problem_type"] == "multi_label_classification"
 
 

@@ -111,12 +111,13 @@ def compute_teacher_targets(
     kind = TASK_KINDS[spec.kind]
     encoded = encode_splits({"train": records}, dataclasses.replace(spec), teacher.tokenizer, max_length)["train"]
     collator = PaddingCollator(teacher.tokenizer.pad_token_id)
-    order = sorted(range(len(encoded.features)), key=lambda i: -len(encoded.features[i]["input_ids"]))
+    features = encoded.features
+    order = np.argsort(-encoded.lengths(), kind="stable").tolist()
     teacher.model.to(device)
     per_feature: list[np.ndarray | None] = [None] * len(order)
     for start in tqdm(range(0, len(order), batch_size), desc="teacher", disable=not progress):
         chunk = order[start : start + batch_size]
-        batch = collator([encoded.features[i] for i in chunk])
+        batch = collator([features[i] for i in chunk])
         logits = teacher({k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
         for i, row_logits in zip(chunk, logits):
             per_feature[i] = row_logits
@@ -125,10 +126,10 @@ def compute_teacher_targets(
     counts = [len(row[spec.tokens_column]) for row in records.rows]
     offsets = np.concatenate([[0], np.cumsum(counts)])
     table = np.full((offsets[-1], per_feature[0].shape[-1]), np.nan, dtype=np.float32)
-    for index, feature in enumerate(encoded.features):
-        positions = [j for j, label in enumerate(feature["labels"]) if label != -100]
-        words = encoded.words_of_feature[index]
-        table[[offsets[encoded.row_of_feature[index]] + word for word in words]] = per_feature[index][positions]
+    rows = encoded.row_of_feature
+    for index, (feature_labels, words) in enumerate(zip(encoded.feature_labels, encoded.words_of_feature)):
+        positions = [j for j, label in enumerate(feature_labels) if label != -100]
+        table[[offsets[rows[index]] + word for word in words]] = per_feature[index][positions]
     missing = int(np.isnan(table).any(-1).sum())
     if missing:
         logger.warning(
@@ -139,7 +140,7 @@ def compute_teacher_targets(
 
 def _row_order(encoded: Encoded) -> list[int]:
     """Feature index of each row, for kinds with exactly one feature per row."""
-    if encoded.row_of_feature != list(range(len(encoded.records))):
+    if not np.array_equal(encoded.row_of_feature, np.arange(len(encoded.records))):
         raise ValueError("sequence tasks must have exactly one feature per row, in row order")
     return list(range(len(encoded.features)))
 
@@ -243,9 +244,10 @@ def read_transfer_set(path: str, spec: TaskSpec, limit: int | None = None) -> Re
         raise ConfigError(f"--transfer_file: a {spec.kind} task has no soft targets to distil from unlabelled rows")
     records = read_file(path)
     if limit is not None:
-        records = records.select(list(range(min(limit, len(records)))))
-    placeholder, rows, lines = spec.labels[0], [], []
+        records = records.select(range(min(limit, len(records))))
+    placeholder, rows, lines, all_lines = spec.labels[0], [], [], records.lines
     for index, row in enumerate(records.rows):
+        row = {name: value for name, value in row.items() if value is not None}  # Arrow: a field a row lacks is null
         if kind.head == "token":
             words = row.get(spec.tokens_column)
             if words is None:
@@ -267,7 +269,7 @@ def read_transfer_set(path: str, spec: TaskSpec, limit: int | None = None) -> Re
                     f"{records.where(index)}: a transfer row needs field(s) {missing}; it has {sorted(row)}"
                 )
             rows.append({**{c: row[c] for c in columns}, spec.label_column: placeholder})
-        lines.append(records.lines[index])
+        lines.append(all_lines[index])
     if not rows:
         raise DataError(f"{path}: no transfer rows with text found")
     return Records(records.source, rows, lines, records.unit)

@@ -71,9 +71,9 @@ class ClassPool:
         spec = TaskSpec(name="episodes", kind="classification", text_column=text_column, label_column=label_column)
         encoded = encode_splits({"train": records}, spec, tokenizer, max_length)["train"]
         class_rows: dict[str, list[int]] = {name: [] for name in spec.labels}
-        for index, feature in enumerate(encoded.features):
-            class_rows[spec.labels[feature["labels"]]].append(index)
-        features = [{k: v for k, v in f.items() if k != "labels"} for f in encoded.features]
+        for index, label in enumerate(encoded.feature_labels):
+            class_rows[spec.labels[label]].append(index)
+        features = encoded.features.remove_columns(["labels"]).to_list()
         return cls(features, class_rows, tokenizer.pad_token_id)
 
     @property

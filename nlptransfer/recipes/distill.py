@@ -63,7 +63,9 @@ def main(argv=None):
     status, teacher_seconds = ("live" if live else "none"), 0.0
     with accelerator.main_process_first():
         splits = load_splits(data_args, args.seed)
-        encoded = encode_splits(splits, spec, tokenizer, data_args.max_seq_length)
+        encoded = encode_splits(
+            splits, spec, tokenizer, data_args.max_seq_length, num_proc=data_args.preprocessing_num_workers
+        )
         train_features = encoded["train"].features
         if distill_args.alpha > 0 and not live:
             start = time.perf_counter()

@@ -21,6 +21,8 @@ information maximisation poorly (they are more confident, so their weighted sour
 The target test rows give `test_*`; the source test rows give `source_test_*`.
 """
 
+from torch.utils.data import ConcatDataset
+
 from nlptransfer.batching import PaddingCollator, train_dataloader, without_labels
 from nlptransfer.config import ModelArguments, TrainArguments, parse_args
 from nlptransfer.data import carve_validation, encode_splits
@@ -84,7 +86,7 @@ def main(argv=None):
         # source rows with labels and target rows without, shuffled together: twice the rows per batch,
         # so each step sees about a batch of labelled source text, as source_only does
         target_rows = without_labels(encoded["target_train"].features)
-        train_features = with_domain(train_features, 0) + with_domain(target_rows, 1)
+        train_features = ConcatDataset([with_domain(train_features, 0), with_domain(target_rows, 1)])
         batch_size *= 2
         if domain_args.domain_learning_rate:  # the domain classifier at its own LR (else in the head's group)
             own_lr = [(model.domain_head.parameters(), domain_args.domain_learning_rate)]

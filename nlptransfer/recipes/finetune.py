@@ -39,8 +39,15 @@ def main(argv=None):
     spec = TaskSpec.from_data_args(data_args)
     tokenizer = load_tokenizer(model_args)
     with accelerator.main_process_first():
-        splits = load_splits(data_args, args.seed)
-        encoded = encode_splits(splits, spec, tokenizer, data_args.max_seq_length, data_args.class_weights)
+        splits = load_splits(data_args, args.seed, streaming=True)
+        encoded = encode_splits(
+            splits,
+            spec,
+            tokenizer,
+            data_args.max_seq_length,
+            data_args.class_weights,
+            data_args.preprocessing_num_workers,
+        )
     accelerator.print({split: len(records) for split, records in splits.items()}, f"labels: {spec.labels}")
 
     # model: adapters train with the head while the encoder stays frozen; strategies freeze before the optimizer

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from nlptransfer.adapters import AdapterArguments, encoder_adapter_config
 from nlptransfer.batching import MultiTaskCollator, with_task
@@ -52,7 +52,9 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, adapter
             teacher = load_task_teacher(teachers[task.name], task.name) if task.name in teachers else None
             if teacher is not None:
                 teacher.check_task(spec)  # the head takes the teacher's label names, in its order
-            encoded[spec.name] = encode_splits(splits, spec, tokenizer, task.max_seq_length, task.class_weights)
+            encoded[spec.name] = encode_splits(
+                splits, spec, tokenizer, task.max_seq_length, task.class_weights, task.preprocessing_num_workers
+            )
             specs[spec.name], train_features[spec.name] = spec, encoded[spec.name]["train"].features
             if teacher is not None:
                 targets, status = cached_teacher_targets(
@@ -102,7 +104,7 @@ def train(accelerator, tokenizer, model_args, task_args, mtl_args, args, adapter
         if zero_stage(accelerator) is not None
         else 1,  # DeepSpeed: one task per step
     )
-    features = [f for i, name in enumerate(names) for f in with_task(train_features[name], i)]
+    features = ConcatDataset([with_task(train_features[name], i) for i, name in enumerate(names)])
     # workers not kept between epochs: without its own generator, each pass draws from the global RNG
     train_loader = DataLoader(features, batch_sampler=sampler, collate_fn=collator, **loading)
     eval_sets = multitask_eval_sets(
