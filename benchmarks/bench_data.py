@@ -179,7 +179,16 @@ def main() -> None:
 
     summary = summarize(rows)
     table = markdown_table(
-        ["rows", "system", "prep (s)", "rows/s", "first step (s)", "peak RSS prep (MiB)", "peak RSS (MiB)"],
+        [
+            "rows",
+            "system",
+            "prep (s)",
+            "rows/s",
+            "first step (s)",
+            "peak RSS prep (MiB)",
+            "peak RSS (MiB)",
+            "of it own / file-backed (MiB)",
+        ],
         [
             [
                 f"{r['rows']:,}",
@@ -189,6 +198,7 @@ def main() -> None:
                 f"{r['first_step_s']:.1f}",
                 f"{r['peak_rss_prep_mib']:.0f}",
                 f"{r['peak_rss_mib']:.0f}",
+                f"{r['peak_rss_anon_mib']:.0f} / {r['peak_rss_file_mib']:.0f}",
             ]
             for r in rows
         ],

@@ -42,7 +42,7 @@ from nlptransfer.losses import LOSS_WEIGHTINGS
 from nlptransfer.metrics import classification_metrics, ner_metrics
 from nlptransfer.modeling import count_parameters, load_adapter_model, load_model_for_task, load_tokenizer
 from nlptransfer.multitask import MultiTaskModel, MultiTaskOutput
-from nlptransfer.readers import Records, read_file
+from nlptransfer.readers import Records, Stream, read_file, stream_file
 from nlptransfer.resolve import register_installed_model, resolve_model
 from nlptransfer.runs import run_kind, save_run
 from nlptransfer.sharding import parameters_in_sync
@@ -88,6 +88,7 @@ __all__ = [
     "Records",
     "RunArguments",
     "RunFolderError",
+    "Stream",
     "TASK_KINDS",
     "TaskArguments",
     "TaskSpec",
@@ -136,6 +137,7 @@ __all__ = [
     "save_run",
     "set_cpu_threads",
     "start_run",
+    "stream_file",
     "student_from_teacher",
     "task_eval_sets",
     "total_steps",

@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 from transformers import PreTrainedTokenizerBase
 
 from nlptransfer.errors import ConfigError, DataError
+from nlptransfer.preprocessing import StreamedFeatures, arrow_column
 from nlptransfer.readers import Records, Stream, read_file, read_hub_dataset, stream_file
-from nlptransfer.tasks import TASK_KINDS, Encoded, StreamedFeatures, StreamEncoded, TaskSpec, _column, check_stream
+from nlptransfer.tasks import TASK_KINDS, Encoded, StreamEncoded, TaskSpec, check_stream
 
 SPLITS = ("train", "validation", "test")
 HUB_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "dev", "valid"), "test": ("test",)}
@@ -157,7 +158,7 @@ def encode_splits(
 
 def _names(labels) -> tuple[pa.Array, pa.Array | None]:
     """A checked split's label names as one flat Arrow array, and (for lists) each name's row."""
-    column = _column(labels, "label")
+    column = arrow_column(labels, "label")
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         return pc.list_flatten(column), pc.list_parent_indices(column)

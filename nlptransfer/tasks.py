@@ -7,6 +7,8 @@ name. What a model needs to build a head and a loss for any kind:
 - `num_outputs(spec)`: the width of the head (the number of classes; 1 for regression);
 - `loss(logits, labels, weights)`: the mean loss over labelled positions (label -100 marks an unlabelled one),
   weighted per class when `weights` (`TaskSpec.class_weights`) are given;
+- `check_row(row, where, spec)` and `encode_batch(rows, labels, ...)`: what a row must hold and how a batch of
+  rows becomes model inputs (`check` and `encode` run them over a split as cached `Dataset.map` passes);
 - `has_label_set`: whether the kind predicts names from a label set (False for regression);
 - `model_config(spec)`: the transformers config settings of its head (num_labels, id2label, problem_type);
 - `calibrate(encoded, logits, spec)`: what the kind chooses on validation predictions (multi-label thresholds);
@@ -15,27 +17,31 @@ name. What a model needs to build a head and a loss for any kind:
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import logging
 import math
-import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from nlptransfer.errors import ConfigError, DataError
 from nlptransfer.metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
-from nlptransfer.readers import LINE, Records, iob1_to_iob2, locate
+from nlptransfer.preprocessing import (
+    FEATURE_INFO,
+    StreamedFeatures,
+    arrow_column,
+    check_rows,
+    encode_rows,
+    map_rows,
+    tokenizer_key,
+)
+from nlptransfer.readers import Records, iob1_to_iob2
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +115,6 @@ def pool_chunks(logits: Sequence[np.ndarray], row_of_feature: Sequence[int], poo
     return [CHUNK_POOLING[pooling](np.stack(rows[row]), axis=0) for row in sorted(rows)]
 
 
-FEATURE_INFO = ("length", "__row__", "__words__")
-"""Columns `encode` adds beside the model inputs: each feature's token count, its row, its words (token tasks)."""
-
-
 @dataclass
 class Encoded:
     """Model inputs of one split (a `datasets.Dataset` of `input_ids`, ..., `labels`: memory-mapped when the
@@ -141,33 +143,23 @@ class Encoded:
         return self.table.remove_columns([name for name in FEATURE_INFO if name in self.table.column_names])
 
     def lengths(self) -> np.ndarray:
-        return _column(self.table, "length").to_numpy()
+        return arrow_column(self.table, "length").to_numpy()
 
     @cached_property
     def row_of_feature(self) -> np.ndarray:
-        return _column(self.table, "__row__").to_numpy()
+        return arrow_column(self.table, "__row__").to_numpy()
 
     @cached_property
     def words_of_feature(self) -> list[list[int]]:
-        return _column(self.table, "__words__").to_pylist() if "__words__" in self.table.column_names else []
+        return arrow_column(self.table, "__words__").to_pylist() if "__words__" in self.table.column_names else []
 
     @cached_property
     def row_labels(self) -> list:
-        return _column(self.labels, "label").to_pylist()
+        return arrow_column(self.labels, "label").to_pylist()
 
     @cached_property
     def feature_labels(self) -> list:
-        return _column(self.table, "labels").to_pylist()
-
-
-def _column(dataset, name: str):
-    """One column of a `datasets.Dataset` as an Arrow array (zero-copy unless rows were selected); an empty
-    split's map output has no columns: an empty array."""
-    if name not in dataset.column_names:
-        return pa.chunked_array([], pa.null())
-    if dataset._indices is None:
-        return dataset.data.column(name)
-    return dataset.with_format("arrow")[name]
+        return arrow_column(self.table, "labels").to_pylist()
 
 
 def _field(row: dict, where: str, column: str, flag: str):
@@ -238,10 +230,6 @@ def mse_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
 
 
-ENCODING_VERSION = "1"
-"""Part of every check/encode cache fingerprint: bump it when what they write changes."""
-
-
 def _spec_key(spec: TaskSpec) -> list:
     """What of `spec` decides how rows are read and split into features."""
     return [
@@ -255,68 +243,11 @@ def _spec_key(spec: TaskSpec) -> list:
     ]
 
 
-def tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A tokenizer's identity for caches: its class, its full definition (a fast tokenizer's JSON without the
-    truncation/padding state a call leaves behind, else its vocabulary) and special tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-    else:
-        state = sorted(tokenizer.get_vocab().items())
-    identity = [type(tokenizer).__name__, state, tokenizer.all_special_tokens, getattr(tokenizer, "padding_side", None)]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _row_labels(batch: dict[str, list], kind: TaskKind, spec: TaskSpec, source: str, unit: str) -> list:
-    """Every row of a batch checked by `kind.check_row`."""
-    columns = [name for name in batch if name != LINE]
-    labels = []
-    for i, line in enumerate(batch[LINE]):
-        row = {name: batch[name][i] for name in columns}
-        labels.append(kind.check_row(row, locate(source, unit, line), spec))
-    return labels
-
-
-def _check_rows(batch, indices, kind, spec, source, unit) -> dict:
-    return {"label": _row_labels(batch, kind, spec, source, unit)}
-
-
-def _encode_rows(batch, indices, kind, spec, tokenizer, max_length, source, unit) -> dict:
-    features = kind.encode_batch(batch, _row_labels(batch, kind, spec, source, unit), tokenizer, spec, max_length)
-    features["__row__"] = [indices[position] for position in features["__row__"]]
-    features["length"] = [len(ids) for ids in features["input_ids"]]
-    return features
-
-
-def _map_rows(records: Records, function, options: dict, key, num_proc: int | None):
-    """`function` over batches of `records`' rows with `Dataset.map`, its output (only) kept. The result is
-    cached beside the rows' Arrow file under a fingerprint of the rows and `key`, so the same rows, settings
-    (and tokenizer) are read or tokenized once; `num_proc` processes share the work."""
-    data = records.data
-    fingerprint = hashlib.sha256(
-        json.dumps([ENCODING_VERSION, data._fingerprint, key], default=str).encode()
-    ).hexdigest()[:32]
-    processes = num_proc if num_proc and num_proc > 1 and len(data) >= 2 * num_proc else None
-    return data.map(
-        function,
-        batched=True,
-        with_indices=True,
-        remove_columns=data.column_names,
-        fn_kwargs={**options, "source": records.source, "unit": records.unit},
-        new_fingerprint=fingerprint,
-        num_proc=processes,
-        try_original_type=False,  # a "label"/"labels" column written here is not the one read
-        desc=f"{key[0]} {records.source}",
-    )
-
-
 def _log_windows(records: Records, table, max_length: int, head: str) -> None:
     """Say how many texts were chunked (or sentences split), or else truncated."""
     if not len(table):
         return
-    rows = _column(table, "__row__").to_numpy()
+    rows = arrow_column(table, "__row__").to_numpy()
     if len(rows) > len(records):
         repeated = rows[1:][rows[1:] == rows[:-1]]
         what = "texts" if head == "sequence" else "sentences"
@@ -328,7 +259,7 @@ def _log_windows(records: Records, table, max_length: int, head: str) -> None:
             max_length,
             len(rows),
         )
-    elif head == "sequence" and (truncated := int((_column(table, "length").to_numpy() >= max_length).sum())):
+    elif head == "sequence" and (truncated := int((arrow_column(table, "length").to_numpy() >= max_length).sum())):
         logger.info(
             "%s: %d of %d examples reach max_seq_length=%d and were truncated",
             records.source,
@@ -336,57 +267,6 @@ def _log_windows(records: Records, table, max_length: int, head: str) -> None:
             len(rows),
             max_length,
         )
-
-
-STREAM_BATCH_ROWS = 1000
-"""Rows a stream tokenizes at a time."""
-
-
-class StreamedFeatures(torch.utils.data.IterableDataset):
-    """A `Stream`'s features, tokenized batch by batch as training reads them (`--streaming`), in the order of a
-    seeded shuffle buffer of `buffer_size` features that depends only on (seed, epoch): a resumed run sees the
-    same order. DataLoader workers each tokenize every k-th batch of rows."""
-
-    def __init__(
-        self, stream, kind: TaskKind, spec: TaskSpec, tokenizer, max_length: int, seed: int, buffer_size: int = 10_000
-    ):
-        self.stream, self.kind, self.spec, self.tokenizer = stream, kind, spec, tokenizer
-        self.max_length, self.seed, self.buffer_size, self.epoch = max_length, seed, buffer_size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _features(self) -> Iterator[dict]:
-        worker = torch.utils.data.get_worker_info()
-        share, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        rows = iter(self.stream)
-        for number in itertools.count():
-            chunk = list(itertools.islice(rows, STREAM_BATCH_ROWS))
-            if not chunk:
-                return
-            if number % workers != share:
-                continue
-            columns = list(dict.fromkeys(name for _, row in chunk for name in row))
-            batch = {name: [row.get(name) for _, row in chunk] for name in columns}
-            batch[LINE] = [line for line, _ in chunk]
-            indices = range(number * STREAM_BATCH_ROWS, number * STREAM_BATCH_ROWS + len(chunk))
-            options = dict(kind=self.kind, spec=self.spec, tokenizer=self.tokenizer, max_length=self.max_length)
-            encoded = _encode_rows(batch, indices, **options, source=self.stream.source, unit=self.stream.unit)
-            inputs = [name for name in encoded if name not in FEATURE_INFO]
-            for i in range(len(encoded["input_ids"])):
-                yield {name: encoded[name][i] for name in inputs}
-
-    def __iter__(self) -> Iterator[dict]:
-        order = random.Random(f"{self.seed}-{self.epoch}")
-        buffer: list[dict] = []
-        for feature in self._features():
-            buffer.append(feature)
-            if len(buffer) >= self.buffer_size:
-                i = order.randrange(len(buffer))
-                buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                yield buffer.pop()
-        order.shuffle(buffer)
-        yield from buffer
 
 
 @dataclass
@@ -462,21 +342,22 @@ class TaskKind:
         return _sorted_labels(names)
 
     def check_row(self, row: dict, where: str, spec: TaskSpec):
-        """Validate one row (its fields that hold a value); return its label as the kind keeps it (a class name,
-        a list of names, a number, a list of IOB2 tags). Errors name `where` (file:line) and the field."""
+        """Validate one row (every column of its split; None where this row has no value); return its label as
+        the kind keeps it (a class name, a list of names, a number, a list of IOB2 tags). Errors name `where`
+        (file:line) and the field."""
         raise NotImplementedError
 
-    def encode_batch(self, rows: dict[str, list], where: list[str], tokenizer, spec: TaskSpec, max_length: int) -> dict:
-        """Model inputs of a batch of rows (columns of values): `input_ids`, ..., `labels`, and `__row__` (the
-        batch position of each feature's row); token tasks add `__words__`."""
+    def encode_batch(self, rows: dict[str, list], labels: list, tokenizer, spec: TaskSpec, max_length: int) -> dict:
+        """Model inputs of a batch of rows (columns of values) whose labels `check_row` gave: `input_ids`, ...,
+        `labels`, and `__row__` (the batch position of each feature's row); token tasks add `__words__`."""
         raise NotImplementedError
 
     def check(self, records: Records, spec: TaskSpec, num_proc: int | None = None):
         """Validate every row (a batched `Dataset.map`, cached); return a dataset of each row's `label`."""
         self.check_spec(spec)
         check_long_text(spec)
-        return _map_rows(
-            records, _check_rows, dict(kind=self, spec=spec), ("check", self.name, _spec_key(spec)), num_proc
+        return map_rows(
+            records, check_rows, dict(kind=self, spec=spec), ("check", self.name, _spec_key(spec)), num_proc
         )
 
     def encode(
@@ -492,7 +373,7 @@ class TaskKind:
         tokenized once); `labels` from `check`."""
         key = ("encode", self.name, _spec_key(spec), spec.labels, max_length, tokenizer_key(tokenizer))
         options = dict(kind=self, spec=spec, tokenizer=tokenizer, max_length=max_length)
-        table = _map_rows(records, _encode_rows, options, key, num_proc)
+        table = map_rows(records, encode_rows, options, key, num_proc)
         _log_windows(records, table, max_length, self.head)
         return Encoded(table, records, labels)
 

@@ -27,9 +27,9 @@ def own_cache(tmp_path, monkeypatch):
 
 
 def test_streamed_features_are_the_rows_features_in_a_seeded_order(tiny_model, cls_files, monkeypatch):
-    import nlptransfer.tasks as tasks
+    import nlptransfer.preprocessing as preprocessing
 
-    monkeypatch.setattr(tasks, "STREAM_BATCH_ROWS", 50)  # several batches from the small file
+    monkeypatch.setattr(preprocessing, "STREAM_BATCH_ROWS", 50)  # several batches from the small file
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     whole = encode_splits({"train": read_file(cls_files["train"])}, TaskSpec(), tokenizer, 32)["train"]
     stream = stream_file(cls_files["train"])
