@@ -21,7 +21,8 @@ def multi_hot(value) -> bool:
 class PaddingCollator:
     """Pad every list field to the longest in the batch, rounded up to `pad_to_multiple_of` when given
     (tensor cores run widths that are multiples of 8 fastest), but multi-hot targets (`multi_hot`);
-    `feature_index` lets scoring find each row."""
+    `feature_index` lets scoring find each row. Features without an `attention_mask` (the encoded splits store
+    none: before padding it is all ones) get one: 1 on their tokens, 0 on the padding."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_values = {"input_ids": pad_token_id, **PAD_VALUES}
@@ -42,6 +43,9 @@ class PaddingCollator:
                 batch[key] = torch.tensor([value + [pad] * (width - len(value)) for value in values])
             else:
                 batch[key] = torch.tensor(values)
+        if "attention_mask" not in batch and "input_ids" in batch:
+            lengths = torch.tensor([len(feature["input_ids"]) for feature in features])
+            batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
         return batch
 
 

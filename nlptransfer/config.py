@@ -104,8 +104,9 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={
-            "help": "Processes that check and tokenize the data (`Dataset.map(num_proc=...)`); the result is cached "
-            "in the `datasets` cache, so a second run with the same data, tokenizer and settings skips it."
+            "help": "Processes that check and tokenize the data (`Dataset.map(num_proc=...)`; default: one per core "
+            "for a split of 100,000 rows or more, else 1); the result is cached in the `datasets` cache, so a second "
+            "run with the same data, tokenizer and settings skips it."
         },
     )
     validation_split_percentage: int = field(

@@ -372,7 +372,8 @@ class TaskKind:
         """Tokenize every row (a batched `Dataset.map`, cached: the same rows, tokenizer and settings are
         tokenized once); `labels` from `check`."""
         key = ("encode", self.name, _spec_key(spec), spec.labels, max_length, tokenizer_key(tokenizer))
-        options = dict(kind=self, spec=spec, tokenizer=tokenizer, max_length=max_length)
+        checked = arrow_column(labels, "label")
+        options = dict(kind=self, spec=spec, tokenizer=tokenizer, max_length=max_length, labels=checked)
         table = map_rows(records, encode_rows, options, key, num_proc)
         _log_windows(records, table, max_length, self.head)
         return Encoded(table, records, labels)
@@ -453,7 +454,7 @@ class _SequenceKind(TaskKind):
         text's label."""
         texts = rows[spec.text_column]
         pairs = rows[spec.text_pair_column] if spec.text_pair_column else None
-        encoding = tokenize_texts(tokenizer, texts, pairs, max_length, spec)
+        encoding = tokenize_texts(tokenizer, texts, pairs, max_length, spec, return_attention_mask=False)
         positions = list(encoding.pop("overflow_to_sample_mapping", range(len(texts))))
         label2id = spec.label2id
         features = {key: encoding[key] for key in encoding.keys()}
@@ -672,7 +673,13 @@ class NerKind(TaskKind):
         label2id = spec.label2id
         budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
         sentences = rows[spec.tokens_column]
-        full = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
+        full = tokenizer(
+            sentences,
+            is_split_into_words=True,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         windows: list[tuple[int, int, int]] = []  # (row, first word, end word)
         for row in range(len(sentences)):
             pieces = np.bincount([w for w in full.word_ids(row) if w is not None], minlength=len(sentences[row]))
@@ -688,6 +695,7 @@ class NerKind(TaskKind):
             is_split_into_words=True,
             truncation=True,
             max_length=max_length,
+            return_attention_mask=False,
         )
         features = {key: encoding[key] for key in encoding.keys()}
         features["labels"], features["__words__"] = [], []
