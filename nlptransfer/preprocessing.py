@@ -34,7 +34,7 @@ def arrow_column(dataset, name: str):
     return dataset.with_format("arrow")[name]
 
 
-ENCODING_VERSION = "2"
+ENCODING_VERSION = "3"
 """Part of every check/encode cache fingerprint: bump it when what they write changes."""
 
 
@@ -66,13 +66,20 @@ def check_rows(batch, indices, kind, spec, source, unit) -> dict:
     return {"label": row_labels(batch, kind, spec, source, unit)}
 
 
-COMPACT = {"input_ids": pa.list_(pa.int32()), "token_type_ids": pa.list_(pa.int8()), "length": pa.int32()}
-"""Arrow types of the columns `encode_rows` writes (half or an eighth of int64): less to write and to map."""
+COMPACT = {"token_type_ids": pa.list_(pa.int8()), "length": pa.int32()}
+"""Arrow types of the columns `encode_rows` writes beside `input_ids` (an eighth or half of int64)."""
 
 
-def encode_rows(batch, indices, kind, spec, tokenizer, max_length, source, unit, labels=None) -> pa.Table:
+def id_type(tokenizer) -> pa.DataType:
+    """The narrowest Arrow type for the tokenizer's ids: uint16 below 65,536 tokens (as nanoGPT stores them; a
+    quarter of int64), else int32. Less to write, to map and to hold in the page cache."""
+    return pa.list_(pa.uint16() if len(tokenizer) <= 2**16 else pa.int32())
+
+
+def encode_rows(batch, indices, kind, spec, tokenizer, max_length, source, unit, labels=None, ids=None) -> pa.Table:
     """A batch of rows as an Arrow table of features (model inputs and `FEATURE_INFO`). `labels`: the checked
-    labels of every row of the split (`check_rows`' column), else the rows are checked here."""
+    labels of every row of the split (`check_rows`' column), else the rows are checked here; `ids`: the type of
+    `input_ids` (`id_type`)."""
     if labels is None:
         batch_labels = row_labels(batch, kind, spec, source, unit)
     else:
@@ -80,7 +87,8 @@ def encode_rows(batch, indices, kind, spec, tokenizer, max_length, source, unit,
     features = kind.encode_batch(batch, batch_labels, tokenizer, spec, max_length)
     features["__row__"] = [indices[position] for position in features["__row__"]]
     features["length"] = [len(ids) for ids in features["input_ids"]]
-    return pa.table({name: pa.array(values, COMPACT.get(name)) for name, values in features.items()})
+    types = {**COMPACT, "input_ids": ids or id_type(tokenizer)}
+    return pa.table({name: pa.array(values, types.get(name)) for name, values in features.items()})
 
 
 AUTO_WORKERS_ROWS = 100_000

@@ -38,6 +38,7 @@ from nlptransfer.preprocessing import (
     arrow_column,
     check_rows,
     encode_rows,
+    id_type,
     map_rows,
     tokenizer_key,
 )
@@ -374,6 +375,7 @@ class TaskKind:
         key = ("encode", self.name, _spec_key(spec), spec.labels, max_length, tokenizer_key(tokenizer))
         checked = arrow_column(labels, "label")
         options = dict(kind=self, spec=spec, tokenizer=tokenizer, max_length=max_length, labels=checked)
+        options["ids"] = id_type(tokenizer)
         table = map_rows(records, encode_rows, options, key, num_proc)
         _log_windows(records, table, max_length, self.head)
         return Encoded(table, records, labels)
