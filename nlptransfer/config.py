@@ -98,7 +98,8 @@ class DataArguments:
             "help": "recipes/finetune.py: read --train_file row by row as training consumes it (files larger than "
             "memory or the disk cache; nothing is converted or cached). One checking pass first reports any bad row "
             "and counts the labels; then rows are tokenized as they are read, shuffled in a seeded buffer. Needs "
-            "--max_steps (a stream has no length) and a --validation_file; no length grouping."
+            "--max_steps (a stream has no length); validation only from a --validation_file (none is carved); no "
+            "length grouping."
         },
     )
     preprocessing_num_workers: int | None = field(
