@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
+from nlptransfer.preprocessing import arrow_column
+
 logger = logging.getLogger(__name__)
 PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
 
@@ -134,15 +136,10 @@ def feature_lengths(features) -> np.ndarray:
             if features.datasets
             else np.zeros(0, int)
         )
-    column = getattr(features, "data", None)
-    if column is not None and "input_ids" in features.column_names:
+    if "input_ids" in getattr(features, "column_names", ()):  # a datasets.Dataset
         import pyarrow.compute as pc
 
-        ids = (
-            features.data.column("input_ids")
-            if features._indices is None
-            else features.with_format("arrow")["input_ids"]
-        )
+        ids = arrow_column(features, "input_ids")
         return pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.asarray([len(f["input_ids"]) for f in features], dtype=np.int64)
 

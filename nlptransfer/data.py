@@ -34,7 +34,7 @@ def load_splits(data_args, seed: int, streaming: bool = False) -> dict[str, Reco
             found = next((hub[name] for name in (split,) + names if name in hub), None)
             if found is not None:
                 splits[split] = found
-    conll = {"token_column": data_args.conll_token_column, "tag_column": data_args.conll_tag_column}
+    conll = _conll_options(data_args)
     for split, path in (
         ("train", data_args.train_file),
         ("validation", data_args.validation_file),
@@ -54,9 +54,18 @@ def load_splits(data_args, seed: int, streaming: bool = False) -> dict[str, Reco
         "test": data_args.max_test_samples,
     }
     for split, limit in limits.items():
-        if split in splits and limit is not None:
-            splits[split] = splits[split].select(range(min(limit, len(splits[split]))))
+        if split in splits:
+            splits[split] = _first(splits[split], limit)
     return splits
+
+
+def _conll_options(data_args) -> dict:
+    return {"token_column": data_args.conll_token_column, "tag_column": data_args.conll_tag_column}
+
+
+def _first(records: Records, limit: int | None) -> Records:
+    """The first `limit` rows (`--max_*_samples`), or all of them."""
+    return records if limit is None else records.select(range(min(limit, len(records))))
 
 
 def _streamed_splits(data_args, seed: int, allowed: bool) -> dict[str, Records | Stream]:
@@ -69,7 +78,7 @@ def _streamed_splits(data_args, seed: int, allowed: bool) -> dict[str, Records |
         raise ConfigError(
             "--streaming cannot carve a validation split from rows it never holds; give --validation_file instead"
         )
-    conll = {"token_column": data_args.conll_token_column, "tag_column": data_args.conll_tag_column}
+    conll = _conll_options(data_args)
     train = stream_file(data_args.train_file, **conll)
     if data_args.max_train_samples is not None:
         train = train.head(data_args.max_train_samples)
@@ -80,9 +89,7 @@ def _streamed_splits(data_args, seed: int, allowed: bool) -> dict[str, Records |
         ("test", data_args.test_file, data_args.max_test_samples),
     ):
         if path:
-            splits[split] = read_file(path, **conll)
-            if limit is not None:
-                splits[split] = splits[split].select(range(min(limit, len(splits[split]))))
+            splits[split] = _first(read_file(path, **conll), limit)
     return splits
 
 

@@ -140,6 +140,8 @@ class StreamedFeatures(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         share, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         rows = iter(self.stream)
+        options = dict(kind=self.kind, spec=self.spec, tokenizer=self.tokenizer, max_length=self.max_length)
+        options.update(source=self.stream.source, unit=self.stream.unit, ids=id_type(self.tokenizer))
         for number in itertools.count():
             chunk = list(itertools.islice(rows, STREAM_BATCH_ROWS))
             if not chunk:
@@ -150,8 +152,7 @@ class StreamedFeatures(torch.utils.data.IterableDataset):
             batch = {name: [row.get(name) for _, row in chunk] for name in columns}
             batch[LINE] = [line for line, _ in chunk]
             indices = range(number * STREAM_BATCH_ROWS, number * STREAM_BATCH_ROWS + len(chunk))
-            options = dict(kind=self.kind, spec=self.spec, tokenizer=self.tokenizer, max_length=self.max_length)
-            encoded = encode_rows(batch, indices, **options, source=self.stream.source, unit=self.stream.unit)
+            encoded = encode_rows(batch, indices, **options)
             inputs = {
                 name: encoded.column(name).to_pylist() for name in encoded.column_names if name not in FEATURE_INFO
             }
