@@ -3,6 +3,7 @@
     python benchmarks/bench_multilabel.py                 # 3 seeds each, 5 epochs (about 2.5 h on 2 CPU cores)
     python benchmarks/bench_multilabel.py --seeds 42      # one seed each
     python benchmarks/bench_multilabel.py --quick         # 2,000 training texts, 1 epoch: a smoke run
+    python benchmarks/bench_multilabel.py --workdir benchmarks/results/multilabel_runs   # resumable, run by run
 
 nlptransfer runs `recipes/finetune.py --task_type multilabel` with its defaults and `--num_train_epochs 5`.
 The Trainer (`benchmarks/trainer_multilabel.py`) gets the same budget: the same learning rate, warm-up,
@@ -18,7 +19,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import DATA, ROOT, benchmark_parser, markdown_table, mean_std, results_path, run_recipe, write_results
+from _common import (
+    DATA,
+    ROOT,
+    benchmark_parser,
+    machine,
+    markdown_table,
+    mean_std,
+    results_path,
+    run_recipe,
+    write_results,
+)
 
 PUBLISHED = [  # (system, parameters, test macro F1, source)
     ("BERT-base, GoEmotions paper", 110_000_000, 0.46, "Demszky et al. 2020, Table 4"),
@@ -57,7 +68,13 @@ def run_trainer(options: list[str], output: Path) -> dict:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="2,000 training texts, 1 epoch", seeds=[42, 43, 44])
+    parser = benchmark_parser(
+        __doc__,
+        quick="2,000 training texts, 1 epoch",
+        seeds=[42, 43, 44],
+        workdir="keep each run's result here and skip the runs already there, so a long run can resume "
+        "(default: a temporary folder)",
+    )
     parser.add_argument("--epochs", type=float, default=5)
     parser.add_argument(
         "--first_setup", action="store_true", help="also the Trainer as first set up: lr 5e-5, 3 epochs, 0.5"
@@ -84,47 +101,13 @@ def main() -> None:
     ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_multilabel_") as scratch:
+        done = Path(args.workdir or scratch)
+        done.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             print(f"seed {seed}: nlptransfer ...", flush=True)
-            ours = run_recipe(
-                "finetune.py",
-                [
-                    "--model_name_or_path",
-                    MODEL,
-                    *data_args(),
-                    "--num_train_epochs",
-                    str(epochs),
-                    "--seed",
-                    str(seed),
-                    *limit,
-                ],
-                Path(scratch) / f"ours-{seed}",
-            )
-            thresholds = json.loads((Path(scratch) / f"ours-{seed}" / "nlptransfer_task.json").read_text())[
-                "thresholds"
-            ]
-            rows.append(
-                {
-                    "system": "nlptransfer (defaults)",
-                    "seed": seed,
-                    "test_macro_f1": ours["test_f1"],
-                    "test_micro_f1": ours["test_micro_f1"],
-                    "test_subset_accuracy": ours["test_subset_accuracy"],
-                    "eval_macro_f1": ours["eval_f1"],
-                    "train_runtime_s": ours["train_runtime"],
-                    "peak_rss_mib": ours["peak_rss_mib"],
-                    "parameters": ours["total_parameters"],
-                    "thresholds": thresholds,
-                    "per_label_test_f1": {
-                        k[5:-3]: v
-                        for k, v in ours.items()
-                        if k.startswith("test_") and k.endswith("_f1") and k not in ("test_f1", "test_micro_f1")
-                    },
-                }
-            )
+            rows.append(once(done / f"ours-{seed}.json", ours_row, seed, epochs, limit, done))
             print(f"seed {seed}: Trainer, same budget ...", flush=True)
-            base = run_trainer([*trainer_budget, "--seed", str(seed)], Path(scratch) / f"trainer-{seed}.json")
-            rows.append(trainer_row("Trainer (same lr, epochs, warm-up, thresholds)", seed, base))
+            rows.append(once(done / f"trainer-{seed}.json", budget_row, seed, trainer_budget, Path(scratch)))
         if args.first_setup:
             first = [
                 "--learning_rate",
@@ -179,6 +162,59 @@ def main() -> None:
         results_path(args, "multilabel"),
         {"epochs": epochs, "bf16": bf16, "summary": summary, "runs": rows, "published": PUBLISHED, "table": table},
     )
+
+
+def ours_row(seed: int, epochs: float, limit: list[str], folder: Path) -> dict:
+    """nlptransfer with its defaults and `epochs`, one seed, trained into `folder`/ours-<seed> (the run folder
+    `threshold_choice.py` reads): the row of the table."""
+    output = folder / f"ours-{seed}"
+    ours = run_recipe(
+        "finetune.py",
+        [
+            "--model_name_or_path",
+            MODEL,
+            *data_args(),
+            "--num_train_epochs",
+            str(epochs),
+            "--seed",
+            str(seed),
+            *limit,
+        ],
+        output,
+    )
+    return {
+        "system": "nlptransfer (defaults)",
+        "seed": seed,
+        "test_macro_f1": ours["test_f1"],
+        "test_micro_f1": ours["test_micro_f1"],
+        "test_subset_accuracy": ours["test_subset_accuracy"],
+        "eval_macro_f1": ours["eval_f1"],
+        "train_runtime_s": ours["train_runtime"],
+        "peak_rss_mib": ours["peak_rss_mib"],
+        "parameters": ours["total_parameters"],
+        "thresholds": json.loads((output / "nlptransfer_task.json").read_text())["thresholds"],
+        "per_label_test_f1": {
+            k[5:-3]: v
+            for k, v in ours.items()
+            if k.startswith("test_") and k.endswith("_f1") and k not in ("test_f1", "test_micro_f1")
+        },
+    }
+
+
+def budget_row(seed: int, budget: list[str], scratch: Path) -> dict:
+    """The Trainer given nlptransfer's budget, one seed: the row of the table."""
+    base = run_trainer([*budget, "--seed", str(seed)], scratch / f"trainer-{seed}.json")
+    return trainer_row("Trainer (same lr, epochs, warm-up, thresholds)", seed, base)
+
+
+def once(path: Path, run, *args) -> dict:
+    """The row saved at `path` by an earlier invocation, or `run(*args)`'s, saved there with the machine it ran on."""
+    if path.exists():
+        print(f"  (kept from {path})", flush=True)
+        return json.loads(path.read_text())
+    row = {**run(*args), "machine": machine()}
+    path.write_text(json.dumps(row, indent=2) + "\n")
+    return row
 
 
 def trainer_row(system: str, seed: int, base: dict) -> dict:
