@@ -30,6 +30,7 @@ from nlptransfer import (
     parse_args,
     train_dataloader,
 )
+from nlptransfer.allocator import ALLOCATORS
 from nlptransfer.profiling import peak_flops
 from nlptransfer.training import build_optimizer, cpu_cores
 
@@ -136,6 +137,9 @@ def step_parser(doc: str, settings: list[str], steps: int) -> argparse.ArgumentP
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    parser.add_argument(
+        "--cpu_allocator", default="reuse", choices=list(ALLOCATORS), help="as the recipes' flag (one per process)"
+    )
     return parser
 
 
@@ -151,6 +155,7 @@ def main() -> None:
     parser = step_parser(__doc__, list(SETTINGS), 30)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    ALLOCATORS[args.cpu_allocator]()
     output = results_path(args, "step")
     threads, peak = threads_and_peaks(args.threads)
     rows = []

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from nlptransfer.allocator import ALLOCATORS
 from nlptransfer.profiling import matmul_shapes, shape_flops
 
 from _common import markdown_table, results_path, status_mib, write_results
@@ -91,6 +92,7 @@ def steps_peak_rss(task: str, setting: str, batch_size: int, steps: int, threads
 
 def main() -> None:
     args = step_parser(__doc__, ["bf16+fused_adamw"], 20).parse_args()
+    ALLOCATORS[args.cpu_allocator]()
     output = results_path(args, "step_profile")
     threads, peak = threads_and_peaks(args.threads)
     rows = []

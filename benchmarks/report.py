@@ -77,17 +77,24 @@ def gflops(value: float) -> str:
 
 def render_finetune(name: str, data: dict) -> str:
     metrics = {row["task"]: row["metric"] for row in data["rows"]}
-    header = ["task", "system", "seeds", "test score (mean ± std)", "train time (s)", "vs tuned Trainer"]
-    header += ["vs examples Trainer", "train samples/s", "real tokens/s", "peak RSS (MiB)", "MFU"]
+    header = ["task", "system", "seeds", "test score (mean ± std)", "train time (s)", "time vs anchor"]
+    header += ["score Δ vs it (points)", "peak RSS vs it", "time vs examples Trainer", "train samples/s"]
+    header += ["real tokens/s", "peak RSS (MiB)", "MFU"]
     table = []
     for s in data["summary"]:
         runs = len(s["seeds"])
         metric = metrics.get(s["task"], "score")
+        # results from before the best-tuned anchor (issue #27) have ratios against the fp32 tuned Trainer only
+        anchor = s.get("anchor") or "Trainer (tuned)"
+        versus = "best-tuned Trainer" if s.get("anchor") else anchor
         table.append(
             [task_name(s["task"]), s["system"], seed_list(s["seeds"])]
             + [f"{METRIC_NAMES.get(metric, metric)} {spread(s['score'], s['score_std'], '.4f', runs)}"]
             + [spread(s["train_runtime_s"], s["train_runtime_s_std"], ".0f", runs)]
-            + [num(s.get(f"time_vs {b}"), ".2f", "x") for b in ("Trainer (tuned)", "Trainer (examples)")]
+            + [num(s.get(f"time_vs {versus}"), ".2f", f"x ({anchor})")]
+            + [num(s.get(f"score_delta_points_vs {versus}"), "+.2f")]
+            + [num(s.get(f"memory_vs {versus}"), ".2f", "x")]
+            + [num(s.get("time_vs Trainer (examples)"), ".2f", "x")]
             + [num(s["samples_per_second"], ".1f"), num(s["real_tokens_per_second"], ".0f")]
             + [num(s["peak_rss_mib"], ".0f"), f"{100 * s['mfu']:.1f}% ({s['precision']})"]
         )
@@ -100,7 +107,9 @@ def render_finetune(name: str, data: dict) -> str:
     )
     parts = [
         markdown_table(header, table),
-        f"MFU is against the matmul peak measured in the invocation that ran each row (GFLOP/s: {measured}).",
+        "The anchor is the best-tuned Trainer: per task, the faster of `Trainer (tuned)` (fp32) and `Trainer (tuned, "
+        "bf16)` that ran (results from before both ran compare with `Trainer (tuned)` alone). MFU is against the "
+        f"matmul peak measured in the invocation that ran each row (GFLOP/s: {measured}).",
     ]
     plot = RESULTS / Path(name).with_suffix(".png").name
     if plot.is_file():

@@ -55,6 +55,10 @@ parser.add_argument("--max_train_samples", type=int, default=None)
 parser.add_argument("--max_eval_samples", type=int, default=None)
 parser.add_argument("--output_json", default=None)
 parser.add_argument("--bf16", action="store_true")
+parser.add_argument(
+    "--warmup_ratio", type=float, default=0.0, help="linear warm-up over this fraction of the steps (examples: 0)"
+)
+parser.add_argument("--optim", default=None, help="TrainingArguments.optim (default: the Trainer's, fused AdamW)")
 args = parser.parse_args()
 args.padding = args.padding or ("max_length" if args.task == "trec" else "dynamic")
 args.output_json = args.output_json or f"benchmarks/results/trainer_{args.task}_{args.padding}.json"
@@ -158,11 +162,12 @@ with tempfile.TemporaryDirectory(prefix="trainer_baseline_") as output_dir:
         seed=args.seed,
         weight_decay=0.0,
         lr_scheduler_type="linear",
-        warmup_steps=0,
+        warmup_steps=args.warmup_ratio,  # transformers 5: a float below 1 is a fraction of the steps
         logging_steps=50,
         report_to="none",
         dataloader_num_workers=0,
         bf16=args.bf16,
+        **({"optim": args.optim} if args.optim else {}),
         use_cpu=not torch.cuda.is_available(),
         # transformers 5 replaced `group_by_length=True` with this option (same LengthGroupedSampler).
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",

@@ -18,16 +18,30 @@ def train_flops(lengths: list[int], config) -> float:
     return sum(3 * (2 * matmul_weights * n + layers * 4 * n * n * hidden) for n in lengths)
 
 
-def peak_flops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 8, rounds: int = 3) -> float:
+def peak_flops(
+    dtype_name: str, threads: int, size: int = 2048, repeats: int = 8, rounds: int = 3, budget_s: float = 2.0
+) -> float:
     """FLOP/s of the best of `rounds` timings of `repeats` square matmuls of `size` in `dtype_name` (fp32, bf16)
-    on `threads` torch threads (which stay set)."""
+    on `threads` torch threads (which stay set). Where one matmul takes over `budget_s` / 2 (bf16 on a CPU without
+    AMX or AVX512-BF16 runs at a few GFLOP/s), judged from a 256 x 256 matmul first, the size halves (down to
+    256) and the repeats shrink to fit `budget_s` per round: such a CPU is measured in seconds, not minutes."""
     import torch
 
     torch.set_num_threads(threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    probe = torch.randn(256, 256, dtype=dtype)
+    probe @ probe  # warm-up
+    start = time.perf_counter()
+    probe @ probe
+    per_cube = (time.perf_counter() - start) / 256**3
+    while size > 256 and per_cube * size**3 > budget_s / 2:  # a first guess from the small matmul's speed
+        size //= 2
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(2):
-        a @ b  # warm-up
+    a @ b  # warm-up
+    start = time.perf_counter()
+    a @ b
+    once = time.perf_counter() - start
+    repeats = max(1, min(repeats, int(budget_s / once)))
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from nlptransfer.allocator import ALLOCATORS
 from nlptransfer.batching import has_length
 from nlptransfer.config import RunArguments, TrainArguments
 from nlptransfer.encoders import cpu_cores
@@ -92,9 +93,10 @@ def resolve_mixed_precision(choice: str | None) -> str | None:
 
 def start_run(args: RunArguments, project: str = "nlptransfer", configs: Sequence[object] = ()) -> Accelerator:
     """The Accelerator of a recipe run: the output folder checked first (nothing of the user's is
-    overwritten), accumulation, precision, trackers (with `configs` as their hyper-parameters); logs on
-    the main process only; seeded; CPU threads split over the processes. Every recipe starts with this."""
+    overwritten), the allocator, accumulation, precision, trackers (with `configs` as their hyper-parameters);
+    logs on the main process only; seeded; CPU threads split over the processes. Every recipe starts with this."""
     check_output_dir(args.output_dir, args.may_reuse_output_dir())
+    ALLOCATORS[args.cpu_allocator]()  # before the model and data take memory
     kwargs = args.accelerator_kwargs()
     if "mixed_precision" in kwargs:
         kwargs["mixed_precision"] = resolve_mixed_precision(kwargs["mixed_precision"])
