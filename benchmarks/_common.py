@@ -174,6 +174,18 @@ def write_results(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def once(path: Path, run, *args) -> dict:
+    """The row an earlier invocation saved at `path`, or `run(*args)`'s, saved there with the machine it ran on:
+    a long benchmark given a kept folder resumes run by run."""
+    if path.exists():
+        print(f"  (kept from {path})", flush=True)
+        return json.loads(path.read_text())
+    row = {**run(*args), "machine": machine()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A markdown table (no trailing newline); cells are str()-ed, None becomes an empty cell."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -15,7 +15,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from _common import DATA, benchmark_parser, markdown_table, mean_std, results_path, run_recipe, write_results
+from _common import DATA, benchmark_parser, markdown_table, mean_std, once, results_path, run_recipe, write_results
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -33,8 +33,26 @@ def imbalanced_train(folder: Path, rows: int, positive_share: float, seed: int) 
     return str(path), {"negative": len(negatives), "positive": min(keep, len(positives))}
 
 
+def run(system: str, seed: int, options: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_imbalance_run_") as output:
+        results = run_recipe("finetune.py", options, Path(output) / "run")
+    return {
+        "system": system,
+        "seed": seed,
+        "test_macro_f1": results["test_f1"],
+        "test_accuracy": results["test_accuracy"],
+        "eval_macro_f1": results["eval_f1"],
+        "train_runtime_s": results["train_runtime"],
+    }
+
+
 def main() -> None:
-    parser = benchmark_parser(__doc__, quick="one seed, 2,000 training sentences, 1 epoch", seeds=[42, 43, 44])
+    parser = benchmark_parser(
+        __doc__,
+        quick="one seed, 2,000 training sentences, 1 epoch",
+        seeds=[42, 43, 44],
+        workdir="keep each run's row here and skip the runs whose row is there (default: a temporary folder)",
+    )
     parser.add_argument("--train_rows", type=int, default=20000)
     parser.add_argument("--positive_share", type=float, default=0.1)
     parser.add_argument("--epochs", type=float, default=2)
@@ -51,16 +69,12 @@ def main() -> None:
                 print(f"seed {seed} / {system} ...", flush=True)
                 common = ["--model_name_or_path", MODEL, "--seed", str(seed)]
                 common += ["--num_train_epochs", "1" if args.quick else str(args.epochs)]
-                results = run_recipe("finetune.py", [*common, *data, *options], Path(scratch) / f"run-{len(rows)}")
+                size = 2000 if args.quick else args.train_rows
+                name = (
+                    f"{size}rows-{args.positive_share}-{common[-1]}ep-{seed}-{'balanced' if options else 'unweighted'}"
+                )
                 rows.append(
-                    {
-                        "system": system,
-                        "seed": seed,
-                        "test_macro_f1": results["test_f1"],
-                        "test_accuracy": results["test_accuracy"],
-                        "eval_macro_f1": results["eval_f1"],
-                        "train_runtime_s": results["train_runtime"],
-                    }
+                    once(Path(args.workdir or scratch) / f"{name}.json", run, system, seed, [*common, *data, *options])
                 )
     summary = []
     for system in systems:

@@ -23,9 +23,9 @@ from _common import (
     DATA,
     ROOT,
     benchmark_parser,
-    machine,
     markdown_table,
     mean_std,
+    once,
     results_path,
     run_recipe,
     write_results,
@@ -205,16 +205,6 @@ def budget_row(seed: int, budget: list[str], scratch: Path) -> dict:
     """The Trainer given nlptransfer's budget, one seed: the row of the table."""
     base = run_trainer([*budget, "--seed", str(seed)], scratch / f"trainer-{seed}.json")
     return trainer_row("Trainer (same lr, epochs, warm-up, thresholds)", seed, base)
-
-
-def once(path: Path, run, *args) -> dict:
-    """The row saved at `path` by an earlier invocation, or `run(*args)`'s, saved there with the machine it ran on."""
-    if path.exists():
-        print(f"  (kept from {path})", flush=True)
-        return json.loads(path.read_text())
-    row = {**run(*args), "machine": machine()}
-    path.write_text(json.dumps(row, indent=2) + "\n")
-    return row
 
 
 def trainer_row(system: str, seed: int, base: dict) -> dict:
