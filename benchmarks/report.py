@@ -111,6 +111,7 @@ def render_finetune(name: str, data: dict) -> str:
         "bf16)` that ran (results from before both ran compare with `Trainer (tuned)` alone). MFU is against the "
         f"matmul peak measured in the invocation that ran each row (GFLOP/s: {measured}).",
     ]
+    parts += [f"Not run: {system}: {why}." for system, why in data.get("skipped", {}).items()]
     plot = RESULTS / Path(name).with_suffix(".png").name
     if plot.is_file():
         parts.append(f"![test score vs training time](results/{plot.name})")
