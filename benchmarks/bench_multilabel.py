@@ -1,6 +1,6 @@
 """Multi-label classification on GoEmotions (28 labels): nlptransfer's defaults against a plain Trainer, one run.
 
-    python benchmarks/bench_multilabel.py                 # 3 seeds each, 5 epochs (about 2.5 h on 2 CPU cores)
+    python benchmarks/bench_multilabel.py                 # 3 seeds each, 5 epochs (2.5-6 h on 2 CPU cores)
     python benchmarks/bench_multilabel.py --seeds 42      # one seed each
     python benchmarks/bench_multilabel.py --quick         # 2,000 training texts, 1 epoch: a smoke run
     python benchmarks/bench_multilabel.py --workdir benchmarks/results/multilabel_runs   # resumable, run by run
@@ -101,7 +101,7 @@ def main() -> None:
     ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_multilabel_") as scratch:
-        done = Path(args.workdir or scratch)
+        done = Path(args.workdir or scratch) / ("quick" if args.quick else "")
         done.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             print(f"seed {seed}: nlptransfer ...", flush=True)
