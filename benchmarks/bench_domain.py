@@ -1,17 +1,24 @@
-"""Domain adaptation on Amazon reviews (books <-> kitchen) with MiniLM: source-only vs DANN, with
-in-domain training as the ceiling, over several seeds, side by side in one run.
+"""Domain adaptation on Amazon reviews (books <-> kitchen) with MiniLM: source-only vs DANN settings chosen
+without target labels, with in-domain training as the ceiling, over five seeds, side by side in one run.
 
-    python benchmarks/bench_domain.py            # 2 directions x (source_only, dann) x 3 seeds + the ceiling
-    python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens: a smoke run
-    python benchmarks/bench_domain.py --domain_loss_weight 0.03 0.1 --workdir runs/bench_domain
-        # DANN at each weight, and with the weight chosen per direction and seed by DEV (no target label)
-    python benchmarks/bench_domain.py --domain_loss_weight 0.03 --target_im_weight 0 0.3
-        # DANN with and without information maximisation on the target rows
+    python benchmarks/bench_domain.py --workdir benchmarks/results/domain_runs   # the protocol below (~85 min)
+    python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens, 2 settings: a smoke run
 
 Each run is `recipes/domain_adapt.py` in its own process: each domain split 1,600 / 400 by
 --split_seed (the same split for every method and seed), model selection on a held-out 10% of the
 labelled training domain (never target labels, except for the in-domain ceiling). The seed varies
-initialisation and order. Writes benchmarks/results/domain[_quick].json and prints markdown tables.
+initialisation and order.
+
+The label-free choice (issue #27), fixed before these runs: DANN runs at every --domain_loss_weight x
+--target_im_weight (weight 0 with IM > 0 is information maximisation alone); per direction and seed, the
+setting with the lowest --criterion (default `dev_error`: Deep Embedded Validation's importance-weighted
+source-validation *error*; `dev_risk`, DEV's cross-entropy, charges confidence and so ranks the IM settings
+low, see the guide) is "dann (label-free choice)". The setting the recipe ships is the one with the best mean
+rank of the criterion over all directions and seeds. "Adversary beyond IM" pairs each DANN setting with the IM
+weight it shares at domain loss weight 0, per direction and seed. No target label enters any choice; target
+test accuracy is only reported. --workdir keeps each run's row (`<run>.json`, committed) beside its folder
+(gitignored), and a second invocation resumes. Writes benchmarks/results/domain[_quick].json and prints
+markdown tables.
 """
 
 import json
@@ -19,7 +26,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import DATA, benchmark_parser, markdown_table, mean_std, results_path, run_recipe, write_results
+from _common import DATA, benchmark_parser, machine, mean_std, results_path, run_recipe, write_results
+from report import render_domain
 
 AMAZON = DATA / "amazon_multidomain"
 DIRECTIONS = [("books", "kitchen"), ("kitchen", "books")]
@@ -31,13 +39,64 @@ def run(source: str, target: str, method: str, seed: int, extra: list[str], outp
     return run_recipe("domain_adapt.py", [*args, "--method", method, "--seed", str(seed), *extra], output_dir)
 
 
+CRITERIA = {  # lower is better; none reads a target label
+    "dev_error": lambda row: row["dev_error"],
+    "dev_risk": lambda row: row["dev_risk"],
+    "source_validation_error": lambda row: 1 - row["validation_accuracy"],
+}
+CHOSEN = "dann (label-free choice)"
+
+
+def setting_name(weight: float, im_weight: float) -> str:
+    return f"dann {weight:g}" + (f" im {im_weight:g}" if im_weight else "")
+
+
+def choose(rows: list[dict], settings: list[str], criterion: str, seeds: list[int]) -> tuple[list[dict], dict]:
+    """Per direction and seed, the row of the setting with the lowest criterion (as CHOSEN rows), and each
+    setting's mean rank over the (direction, seed) pairs where every setting ran (1 = best)."""
+    score, chosen, ranks = CRITERIA[criterion], [], {name: [] for name in settings}
+    for direction in dict.fromkeys(r["direction"] for r in rows):
+        for seed in seeds:
+            runs = [r for r in rows if (r["direction"], r["seed"]) == (direction, seed) and r["method"] in settings]
+            if len(runs) < len(settings):
+                continue
+            runs.sort(key=score)
+            chosen.append({**runs[0], "method": CHOSEN, "chosen": runs[0]["method"]})
+            for rank, run in enumerate(runs, 1):
+                ranks[run["method"]].append(rank)
+    return chosen, {name: statistics.mean(r) for name, r in ranks.items() if r}
+
+
+def paired(rows: list[dict], method: str, baseline: str) -> dict | None:
+    """Target-accuracy differences (points) of `method` over `baseline`, paired by direction and seed."""
+    base = {(r["direction"], r["seed"]): r["target_accuracy"] for r in rows if r["method"] == baseline}
+    deltas = [
+        100 * (r["target_accuracy"] - base[key])
+        for r in rows
+        if r["method"] == method
+        if (key := (r["direction"], r["seed"])) in base
+    ]
+    if not deltas:
+        return None
+    mean, std = mean_std(deltas)
+    return {
+        "method": method,
+        "baseline": baseline,
+        "mean_points": mean,
+        "std_points": std,
+        "pairs": len(deltas),
+        "wins": sum(d > 0 for d in deltas),
+        "losses": sum(d < 0 for d in deltas),
+    }
+
+
 def main() -> None:
-    from nlptransfer.domain import DomainArguments  # the recipe's defaults are the benchmark's
+    from nlptransfer.domain import DomainArguments  # what the recipe ships now, to compare the choice with
 
     parser = benchmark_parser(
         __doc__,
-        quick="1 seed, 1 epoch, texts cut to 64 tokens",
-        seeds=[42, 43, 44],
+        quick="1 seed, 1 epoch, texts cut to 64 tokens, two settings",
+        seeds=[42, 43, 44, 45, 46],
         workdir="keep every run here; a finished run is not trained again",
         cpu_threads="torch threads per run (default: every core)",
     )
@@ -48,20 +107,27 @@ def main() -> None:
         "--domain_loss_weight",
         type=float,
         nargs="+",
-        default=[DomainArguments.domain_loss_weight],
-        help="DANN's weight(s); with several settings, DANN also appears with the one DEV chooses per direction and seed",
+        default=[0, 0.03, 0.1],
+        help="DANN's adversary weights (0: no adversary), crossed with --target_im_weight",
     )
     parser.add_argument(
         "--target_im_weight",
         type=float,
         nargs="+",
-        default=[DomainArguments.target_im_weight],
-        help="DANN's target information-maximisation weight(s), crossed with --domain_loss_weight (0: plain DANN; "
-        "with domain loss weight 0, the information-maximisation term alone: an ablation)",
+        default=[0, 0.3],
+        help="weights of information maximisation on the target rows (0: plain DANN)",
+    )
+    parser.add_argument(
+        "--criterion",
+        choices=list(CRITERIA),
+        default="dev_error",
+        help="the label-free rule that chooses among the DANN settings",
     )
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.quick:
+        args.domain_loss_weight, args.target_im_weight = [0.03], [0, 0.3]
     extra = [
         "--num_train_epochs",
         "1" if args.quick else str(args.epochs),
@@ -77,18 +143,15 @@ def main() -> None:
 
     output = results_path(args, "domain")
     # (domain loss weight, IM weight); (0, 0) takes nothing from the target, so it is not a setting
-    settings = [(w, e) for w in args.domain_loss_weight for e in args.target_im_weight if w or e]
+    grid = [(w, e) for w in args.domain_loss_weight for e in args.target_im_weight if w or e]
+    settings = [setting_name(w, e) for w, e in grid]
     systems = []  # (method as named in the table, recipe method, its flags)
-    adversarial = set()  # the names of the settings DEV chooses among (weight 0 is the IM-only ablation)
     for method in args.methods:
         if method != "dann":
             systems.append((method, method, []))
-        for weight, im_weight in settings if method == "dann" else []:
-            name = f"dann {weight:g}" + (f" im {im_weight:g}" if im_weight else "") if len(settings) > 1 else "dann"
+        for weight, im_weight in grid if method == "dann" else []:
             flags = ["--domain_loss_weight", str(weight), "--target_im_weight", str(im_weight)]
-            systems.append((name, "dann", flags))
-            if weight > 0:
-                adversarial.add(name)
+            systems.append((setting_name(weight, im_weight), "dann", flags))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_domain_") as scratch:
         # seed by seed, so a run cut short still holds whole seeds; the ceiling on the first seed only
@@ -96,11 +159,16 @@ def main() -> None:
             for source, target in DIRECTIONS:
                 for name, method, flags in [s for s in systems if s[1] != "target_only" or seed == seeds[0]]:
                     out = Path(args.workdir or scratch) / f"{source}-{target}-{name.replace(' ', '')}-{seed}"
-                    done = out / "bench_row.json"
-                    row = json.loads(done.read_text()) if done.is_file() else None
-                    if row is not None and row["args"] == [*extra, *flags]:
-                        print(f"{source} -> {target} / {name} / seed {seed}: already run in {out}", flush=True)
-                        rows.append({**row, "method": name})  # the same flags, whatever the table called them
+                    done = out.with_suffix(".json")
+                    if done.is_file():
+                        row = json.loads(done.read_text())
+                        if row["args"] != [*extra, *flags]:
+                            raise SystemExit(
+                                f"{done}: kept from a run with other flags ({' '.join(row['args'])}); "
+                                "give another --workdir or move it away"
+                            )
+                        print(f"{source} -> {target} / {name} / seed {seed}: kept in {done}", flush=True)
+                        rows.append(row)
                         continue
                     print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
                     results = run(source, target, method, seed, [*extra, *flags], out)
@@ -113,26 +181,21 @@ def main() -> None:
                             "source_accuracy": results["source_test_accuracy"],
                             "validation_accuracy": results["eval_accuracy"],
                             "dev_risk": results.get("dev_risk"),
+                            "dev_error": results.get("dev_error"),
                             "train_runtime_s": results["train_runtime"],
                             "peak_rss_mib": results["peak_rss_mib"],
                             "args": [*extra, *flags],
+                            "machine": machine(),
                         }
                     )
                     done.write_text(json.dumps(rows[-1], indent=2) + "\n")
                     write_results(output, {"partial": True, "args": extra, "rows": rows})
 
     methods = [name for name, _, _ in systems]
-    if len(adversarial) > 1:  # per direction and seed, the DANN setting with the lowest DEV risk (no target label)
-        methods.append("dann (DEV-chosen setting)")
-        for direction in dict.fromkeys(r["direction"] for r in rows):
-            for seed in seeds:
-                runs = [
-                    r for r in rows if (r["direction"], r["seed"]) == (direction, seed) and r["method"] in adversarial
-                ]
-                if len(runs) == len(adversarial):
-                    chosen = min(runs, key=lambda r: r["dev_risk"])
-                    rows.append({**chosen, "method": methods[-1], "chosen": chosen["method"]})
-
+    chosen, mean_rank = choose(rows, settings, args.criterion, seeds) if "dann" in args.methods else ([], {})
+    if chosen:
+        rows += chosen
+        methods.append(CHOSEN)
     summary = []
     for direction in dict.fromkeys(r["direction"] for r in rows):
         for method in methods:
@@ -143,19 +206,25 @@ def main() -> None:
             summary.append({"direction": direction, "method": method, "mean": mean, "std": std, "scores": scores})
     done = [m for m in methods if any(s["method"] == m for s in summary)]
     mean_of = {m: statistics.mean(s["mean"] for s in summary if s["method"] == m) for m in done}
-    payload = {"quick": args.quick, "args": extra, "seeds": seeds, "rows": rows, "summary": summary, "average": mean_of}
+    shipped = setting_name(DomainArguments.domain_loss_weight, DomainArguments.target_im_weight)
+    choice = {"criterion": args.criterion, "mean_rank": mean_rank, "shipped_now": shipped}
+    if mean_rank:
+        choice["best"] = min(mean_rank, key=mean_rank.get)
+    versus = [("source_only", m) for m in [*settings, CHOSEN]]
+    versus += [(setting_name(0, e), setting_name(w, e)) for w, e in grid if w and e and (0, e) in grid]
+    comparisons = [c for baseline, method in versus if (c := paired(rows, method, baseline))]
+    payload = {
+        "quick": args.quick,
+        "args": extra,
+        "seeds": seeds,
+        "rows": rows,
+        "summary": summary,
+        "average": mean_of,
+        "label_free_choice": choice,
+        "paired": comparisons,
+    }
     write_results(output, payload)
-
-    table = [
-        [s["direction"], s["method"], f"{s['mean']:.4f} ± {s['std']:.4f}", ", ".join(f"{x:.4f}" for x in s["scores"])]
-        for s in summary
-    ]
-    header = ["direction", "method", "target accuracy (mean ± std over seeds)", "per seed"]
-    print("\n" + markdown_table(header, table))
-    table = [[method, f"{value:.4f}"] for method, value in mean_of.items()]
-    print("\n" + markdown_table(["method", "average target accuracy over both directions"], table))
-    for method in [m for m in mean_of if m.startswith("dann") and "source_only" in mean_of]:
-        print(f"{method} - source-only: {100 * (mean_of[method] - mean_of['source_only']):+.2f} points")
+    print("\n" + render_domain(output.name, payload))
     print(f"\nwritten to {output}")
 
 

@@ -13,13 +13,15 @@ Systems (same data, model, seed, epochs, batch size and learning rate; each in i
   CPU has AMX or AVX512-BF16).
 `--systems` adds ablations of nlptransfer (`nlptransfer fp32`: bf16 autocast off; `nlptransfer system allocator`:
 --cpu_allocator system; `nlptransfer frozen word emb. + eager`: --freeze word_embeddings --attn_implementation
-eager).
+eager; `nlptransfer freeze_layers K`: the embeddings and the bottom K of 6 layers frozen, so their backward pass is
+skipped).
 
 Per run: test score, training wall time (`train_runtime`: the training loop, evaluations on the
 validation set included), train samples/s and real (non-padding) tokens/s, peak RSS of the process,
 and model FLOP utilisation (MFU): the model FLOPs of the real tokens (6 x matmul parameters per token
 plus attention) divided by the time of the training steps (train_runtime minus in-loop evaluations)
-and by this machine's peak, measured here by timing large matmuls in fp32 and bf16.
+and by this machine's peak, measured here by timing large matmuls in fp32 and bf16 (the FLOPs of training every
+layer, for the freeze_layers rows too: their MFU is an effective one).
 With `--workdir`, runs already done (`<task>/<system>/seed_<n>/bench_row.json`) are reused.
 Writes benchmarks/results/finetune[_quick].json after every run, prints a markdown table and draws
 benchmarks/results/finetune[_quick].png (test score vs training time, one point per system and task).
@@ -38,12 +40,12 @@ from _common import (
     TASKS,
     benchmark_parser,
     group_rows,
-    markdown_table,
     mean_std,
     results_path,
     run_recipe,
     write_results,
 )
+from report import render_finetune
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH = 128
@@ -120,6 +122,7 @@ def trainer_run(extra: list[str]):
 
 # what a careful user sets on the Trainer: dynamic padding, length grouping, fused AdamW (the Trainer's default
 # optimizer with torch >= 2.8, named here so the row says it), and nlptransfer's schedule
+BF16_TRAINER = "Trainer (tuned, bf16)"
 TUNED = ["--padding", "dynamic", "--group_by_length", "--optim", "adamw_torch_fused", "--warmup_ratio", "0.1"]
 
 # name -> how to run it; the flags each system gets on top of the shared ones
@@ -133,12 +136,15 @@ SYSTEMS = {
     "nlptransfer frozen word emb. + eager": nlptransfer_run(
         ["--freeze", "word_embeddings", "--attn_implementation", "eager"]
     ),
+    # fewer FLOPs: the embeddings and the bottom k layers frozen need no backward pass at all
+    "nlptransfer freeze_layers 2": nlptransfer_run(["--freeze_layers", "2"]),
+    "nlptransfer freeze_layers 3": nlptransfer_run(["--freeze_layers", "3"]),
     "Trainer (examples)": trainer_run(["--padding", "max_length"]),
     "Trainer (tuned)": trainer_run(TUNED),
-    "Trainer (tuned, bf16)": trainer_run([*TUNED, "--bf16"]),
+    BF16_TRAINER: trainer_run([*TUNED, "--bf16"]),
 }
-DEFAULT_SYSTEMS = ["nlptransfer", "Trainer (tuned)", "Trainer (tuned, bf16)", "Trainer (examples)"]
-TUNED_TRAINERS = ("Trainer (tuned)", "Trainer (tuned, bf16)")
+DEFAULT_SYSTEMS = ["nlptransfer", "Trainer (tuned)", BF16_TRAINER, "Trainer (examples)"]
+TUNED_TRAINERS = ("Trainer (tuned)", BF16_TRAINER)
 ANCHOR = "best-tuned Trainer"  # per task, the faster of TUNED_TRAINERS
 
 
@@ -251,15 +257,15 @@ def main() -> None:
         print(f"measuring peak matmul FLOP/s on {threads} threads ...", flush=True)
         peak = {name: peak_flops(name, threads) for name in ("fp32", "bf16")}
     print(", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peak.items()), flush=True)
-    skipped = {}
+    skipped, bf16_is_fast = {}, fast_bf16()
     if args.systems is None:
-        args.systems = [s for s in DEFAULT_SYSTEMS if fast_bf16() or s != "Trainer (tuned, bf16)"]
-    if not fast_bf16() and "Trainer (tuned, bf16)" not in args.systems:  # the slower by far: it is not the anchor
-        skipped["Trainer (tuned, bf16)"] = (
+        args.systems = [s for s in DEFAULT_SYSTEMS if bf16_is_fast or s != BF16_TRAINER]
+    if not bf16_is_fast and BF16_TRAINER not in args.systems:  # the slower by far: it is not the anchor
+        skipped[BF16_TRAINER] = (
             f"this CPU has no AMX or AVX512-BF16: bf16 matmuls ran at {peak['bf16'] / 1e9:.1f} GFLOP/s against "
             f"{peak['fp32'] / 1e9:.0f} in fp32 (--systems runs it anyway)"
         )
-        print(f"not run: Trainer (tuned, bf16): {skipped['Trainer (tuned, bf16)']}", flush=True)
+        print(f"not run: {BF16_TRAINER}: {skipped[BF16_TRAINER]}", flush=True)
 
     rows = []
 
@@ -316,28 +322,7 @@ def main() -> None:
     summary = save()
     plot(summary, output.with_suffix(".png"))
     print(f"\npeak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s ({threads} threads)")
-    header = ["task", "system", "test score", "train time (s)", "time vs anchor", "score Δ vs it (points)"]
-    header += ["peak RSS vs it", "time vs examples Trainer", "samples/s", "real tokens/s", "peak RSS (MiB)", "MFU"]
-    table = []
-    for s in summary:
-        versus = s.get("anchor") and f"vs {ANCHOR}"
-        table.append(
-            [
-                s["task"],
-                s["system"],
-                f"{s['score']:.4f} ± {s['score_std']:.4f}",
-                f"{s['train_runtime_s']:.0f} ± {s['train_runtime_s_std']:.0f}",
-                f"{s[f'time_{versus}']:.2f}x ({s['anchor']})" if versus else "-",
-                f"{s[f'score_delta_points_{versus}']:+.2f}" if versus else "-",
-                f"{s[f'memory_{versus}']:.2f}x" if versus else "-",
-                f"{s['time_vs Trainer (examples)']:.2f}x" if "time_vs Trainer (examples)" in s else "-",
-                f"{s['samples_per_second']:.1f}",
-                f"{s['real_tokens_per_second']:.0f}",
-                f"{s['peak_rss_mib']:.0f}",
-                f"{100 * s['mfu']:.1f}% ({s['precision']})",
-            ]
-        )
-    print("\n" + markdown_table(header, table))
+    print("\n" + render_finetune(output.name, json.loads(output.read_text())))
     print(f"\nwritten to {output} and {output.with_suffix('.png')}")
 
 

@@ -189,15 +189,26 @@ def render_step_profile(name: str, data: dict) -> str:
 
 
 def render_lora(name: str, data: dict) -> str:
-    header = ["task", "system", "test score", "Δ vs full (points)", "trainable", "saved weights", "train time (s)"]
-    table = [
-        [task_name(r["task"]), r["system"], f"{METRIC_NAMES.get(r['metric'], r['metric'])} {r['score']:.4f}"]
-        + [num(r.get("delta_vs_full_points"), "+.2f"), f"{r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%)"]
-        + [f"{r['saved_weights_mib']:.1f} MiB", num(r["train_runtime_s"], ".0f"), num(r["peak_rss_mib"], ".0f")]
-        + [" ".join(r.get("args", []))]
-        for r in data["rows"]
-    ]
-    return markdown_table([*header, "peak RSS (MiB)", "recipe flags"], table)
+    header = ["task", "system", "seeds", "test score (mean ± std)", "Δ vs full (points, paired by seed)"]
+    header += ["trainable", "saved weights", "train time (s)", "peak RSS (MiB)"]
+    if "summary" not in data:  # results from before 3 seeds (issue #27): one row per system
+        data = {**data, "summary": [{**r, "seeds": [None]} for r in data["rows"]]}
+    table = []
+    for s in data["summary"]:
+        runs = len(s["seeds"])
+        metric = METRIC_NAMES.get(s["metric"], s["metric"])
+        table.append(
+            [task_name(s["task"]), s["system"], seed_list(s["seeds"])]
+            + [f"{metric} {spread(s['score'], s.get('score_std'), '.4f', runs)}"]
+            + [spread(s.get("delta_vs_full_points"), s.get("delta_vs_full_points_std"), "+.2f", runs)]
+            + [f"{s['trainable_parameters']:,} ({s['trainable_percent']:.2f}%)", f"{s['saved_weights_mib']:.1f} MiB"]
+            + [spread(s["train_runtime_s"], s.get("train_runtime_s_std"), ".0f", runs)]
+            + [spread(s["peak_rss_mib"], s.get("peak_rss_mib_std"), ".0f", runs)]
+        )
+    flags = {(r["task"], r["system"]): " ".join(a for a in r.get("args", []) if a) for r in data["rows"]}
+    epochs = f" Epochs: {data['epochs']:g} for both." if data.get("epochs") else ""
+    lines = "; ".join(f"{system}: `{f}`" for (task, system), f in flags.items() if task == data["summary"][0]["task"])
+    return markdown_table(header, table) + f"\n\nRecipe flags ({lines}).{epochs}"
 
 
 def mtl_seeds(data: dict) -> list:
@@ -339,6 +350,28 @@ def render_distill(name: str, data: dict) -> str:
     return "\n\n".join(parts)
 
 
+def render_distill_fair(name: str, data: dict) -> str:
+    search = [
+        [f"{r['learning_rate']:g}", f"{r['epochs']:g}", f"{r['validation_f1']:.4f}", f"{r['test_f1']:.4f}"]
+        for r in data["search"]
+    ]
+    header = ["system", "seeds", "test entity F1 (mean ± std)", "validation F1", "gain over tuned labels only"]
+    table = [
+        [s["system"], seed_list(s["seeds"]), spread(s["test_f1"], s["test_f1_std"], ".4f", len(s["seeds"]))]
+        + [f"{s['validation_f1']:.4f}", spread(s.get("gain_points"), s.get("gain_std_points"), "+.2f", len(s["seeds"]))]
+        for s in data["summary"]
+    ]
+    return "\n\n".join(
+        [
+            f"Teacher (MiniLM, 6 layers): test entity F1 {data['teacher']['test_f1']:.4f}. Labels-only search, "
+            f"seed {data['rows'][0]['seed']} (chosen: {data['chosen']}):",
+            markdown_table(["learning rate", "epochs", "validation F1", "test F1 (not used to choose)"], search),
+            markdown_table(header, table),
+            "The labels-only student cannot use unlabelled text; the transfer-set row shows what it adds.",
+        ]
+    )
+
+
 def render_transferability(name: str, data: dict) -> str:
     header = ["task", "candidate", "LogME", "H-score", "scoring time (s)", "fine-tuned test score"]
     table = [
@@ -386,13 +419,69 @@ def render_domain(name: str, data: dict) -> str:
         f"Seeds {seed_list(data.get('seeds', []))}; recipe flags `{' '.join(data.get('args', []))}`.",
         markdown_table(header, table),
     ]
+    choice = data.get("label_free_choice", {"criterion": "dev_risk"})  # results from before #27: DEV risk
     if chosen:
         counts = ", ".join(f"`{m}` {chosen.count(m)} of {len(chosen)}" for m in dict.fromkeys(chosen))
-        parts.append(f"DEV chose (per direction and seed): {counts}.")
+        parts.append(f"Lowest `{choice['criterion']}` per direction and seed (no target label): {counts}.")
+    if choice.get("mean_rank"):
+        ranks = ", ".join(f"`{m}` {r:.2f}" for m, r in sorted(choice["mean_rank"].items(), key=lambda i: i[1]))
+        parts.append(
+            f"Mean rank by `{choice['criterion']}` over directions and seeds (1 = best): {ranks}. The label-free "
+            f"choice is **`{choice['best']}`**; the recipe's defaults when this ran: `{choice['shipped_now']}`."
+        )
+    if data.get("paired"):
+        table = [
+            [f"{c['method']} − {c['baseline']}", c["pairs"], f"{c['mean_points']:+.2f} ± {c['std_points']:.2f}"]
+            + [f"{c['wins']} / {c['losses']}"]
+            for c in data["paired"]
+        ]
+        header = ["paired by direction and seed", "pairs", "target accuracy Δ (points, mean ± std)", "wins / losses"]
+        parts.append(markdown_table(header, table))
     return "\n\n".join(parts)
 
 
 def render_fewshot(name: str, data: dict) -> str:
+    if data.get("protocol") != "meta-validation":
+        return render_fewshot_fixed_budget(name, data)
+    settings, split = data["settings"], data["class_split"]
+    keys = ["episodes", "val_episodes", "n_way", "query", "finetune_steps", "finetune_lrs", "meta_steps"]
+    keys += ["meta_batch_size", "inner_steps", "inner_lrs", "meta_k_shot", "multitask_epochs", "multitask_steps"]
+    groups = ", ".join(f"{len(split[g])} {g.replace('_', '-')}" for g in ("meta_train", "meta_val", "meta_test"))
+    parts = [settings_line(settings, [*keys, "seed", "meta_seeds"]) + f" Fine classes: {groups}."]
+    header = ["start", "seed", "shots", "adaptation chosen on meta-validation", "meta-val accuracy (%)"]
+    header += ["meta-test accuracy ± 95% CI (%)", "meta-test, prototype (%)"]
+    table = [
+        [r["start"].split(" seed ")[0], r["seed"] if r["seed"] is not None else "-", r["shot"], r["adaptation"]]
+        + [f"{100 * r['val_accuracy']:.1f}", f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"]
+        + [f"{100 * r['prototype_accuracy']:.1f} ± {100 * r['prototype_ci95']:.1f}"]
+        for r in data["rows"]
+    ]
+    parts.append(markdown_table(header, table))
+    candidates = [s for s in data["starts"] if s.get("algorithm") and s.get("seed") == settings["seed"]]
+    if candidates:
+        shot = str(max(settings["shots"]))
+        lines = [
+            f"- meta-{s['algorithm']}, inner_lr {s['inner_lr']:g}: {100 * s['val_accuracy'][shot]:.1f}%"
+            + (" (chosen)" if data["choice"][s["algorithm"]]["inner_lr"] == s["inner_lr"] else "")
+            for s in candidates
+        ]
+        parts.append(
+            f"Meta-training settings on {shot}-shot meta-validation (seed {settings['seed']}):\n" + "\n".join(lines)
+        )
+    paired = [
+        [c["start"], c["against"], f"{c['shot']}-shot", f"{c['mean_over_seeds_points']:+.1f}"]
+        + ["; ".join(f"{p['seed']}: {p['diff_points']:+.1f} ± {p['ci95_points']:.1f}" for p in c["per_seed"])]
+        for c in data["paired"]
+    ]
+    header = ["start", "against", "shots", "mean over seeds (points)", "per seed (points ± 95% CI, same episodes)"]
+    parts.append(markdown_table(header, paired))
+    if data.get("targets"):
+        parts.append("Targets:\n" + targets_list(data["targets"]))
+    return "\n\n".join(parts)
+
+
+def render_fewshot_fixed_budget(name: str, data: dict) -> str:
+    """Results from before meta-validation (issue #27): one fine-tuning budget for every start."""
     shots = data["settings"]["shots"]
     by = {(r["start"], r["shot"]): r for r in data["rows"]}
     header = ["start", *(f"{k}-shot {m}" for k in shots for m in ("fine-tuned", "prototype"))]
@@ -702,6 +791,12 @@ BENCHMARKS = {
         "distilled, and MiniLM distilled from a fine-tuned mpnet teacher (MiniLM fine-tuned on the labels is its "
         "labels-only baseline). Throughput: forward passes over the test set, all models of a task in one process.",
     ),
+    "distill_fair": (
+        "Distillation against a tuned labels-only student",
+        "`bench_distill_fair.py`: CoNLL-2003, 2-layer students cut from one MiniLM teacher; the labels-only "
+        "student gets the distilled student's search budget (8 settings on validation F1, seed 42), then the "
+        "chosen setting and the distilled students run with every seed; gains are paired by seed.",
+    ),
     "transferability": (
         "Transferability scores vs fine-tuning",
         "`bench_transferability.py`: LogME and H-score of each candidate encoder's frozen features, then every "
@@ -711,14 +806,16 @@ BENCHMARKS = {
         "Adversarial domain adaptation",
         "`bench_domain.py`: Amazon reviews, target-domain test accuracy, mean ± std over seeds (per seed in "
         "parentheses). `dann W im I`: domain loss weight W and information maximisation on the target rows at "
-        "weight I (`dann 0 im I`: that term alone); `target_only` is the in-domain ceiling; the DEV-chosen row "
-        "takes, per direction and seed, the adversarial setting with the lowest DEV risk (no target labels).",
+        "weight I (`dann 0 im I`: that term alone); `target_only` is the in-domain ceiling; the label-free row "
+        "takes, per direction and seed, the setting with the lowest DEV estimate (no target labels).",
     ),
     "fewshot": (
         "Few-shot transfer to unseen classes",
-        "`bench_fewshot.py`: TREC's fine classes split into meta-train and meta-test groups; every start is "
-        "fine-tuned on each meta-test episode's support set (the same episodes for all) and also scored as a "
-        "prototype classifier on frozen features.",
+        "`bench_fewshot.py`: TREC's fine classes split into meta-train, meta-validation and meta-test groups "
+        "(results from before meta-validation: meta-train and meta-test, one fine-tuning budget for every start). "
+        "Each start adapts to an episode as a prototype classifier on frozen features or fine-tuned on the support "
+        "set; the adaptation, and each meta-learner's settings, are chosen on meta-validation episodes; every "
+        "start is scored on the same meta-test episodes.",
     ),
     "gpu_check": (
         "GPU check",
@@ -800,6 +897,7 @@ RENDERERS: dict[str, Callable[[str, dict], str]] = {
     "lora": render_lora,
     "mtl": render_mtl,
     "distill": render_distill,
+    "distill_fair": render_distill_fair,
     "transferability": render_transferability,
     "domain": render_domain,
     "fewshot": render_fewshot,
@@ -811,7 +909,8 @@ RENDERERS: dict[str, Callable[[str, dict], str]] = {
 def benchmark_of(name: str) -> str | None:
     """The benchmark a results file belongs to: its name up to the first `_` that one of BENCHMARKS matches."""
     stem = Path(name).stem
-    return next((key for key in BENCHMARKS if stem == key or stem.startswith(key + "_")), None)
+    keys = [key for key in BENCHMARKS if stem == key or stem.startswith(key + "_")]
+    return max(keys, key=len, default=None)  # distill_fair.json is distill_fair's, not distill's
 
 
 def is_quick(data: dict, name: str) -> bool:

@@ -161,6 +161,7 @@ def test_recipe_dann_trains_scores_the_target_and_saves_a_plain_classifier(tiny_
     assert results["eval_accuracy"] >= 0.8 and results["source_test_accuracy"] >= 0.8  # chance is 1/3
     assert results["train_steps"] == 12 * 10  # 144 source + 160 target rows, batches of 2 x 16
     assert results["dev_risk"] == pytest.approx(results["dev_risk"]) and results["dev_risk"] > 0  # finite
+    assert results["dev_error"] < 0.5  # the weighted 0-1 error of a classifier right on >= 80% of validation
     classify = pipeline("text-classification", model=str(tmp_path / "dann"), device="cpu")
     rows = [json.loads(line) for line in Path(files["source"]).read_text().splitlines()]
     predicted = classify([row["text"] for row in rows])
@@ -170,7 +171,7 @@ def test_recipe_dann_trains_scores_the_target_and_saves_a_plain_classifier(tiny_
 def test_recipe_takes_an_unlabelled_target_and_refuses_target_only_without_labels(tiny_model, tmp_path):
     files = domain_files(tmp_path, target_labels=False)
     results = run_domain(tiny_model, files, tmp_path / "dann", "--method", "dann", "--num_train_epochs", "1")
-    assert "test_accuracy" not in results and "source_test_accuracy" in results and "dev_risk" in results
+    assert "test_accuracy" not in results and "source_test_accuracy" in results and "dev_error" in results
     with pytest.raises(ConfigError, match="--method target_only needs labels in --target_file"):
         run_domain(tiny_model, files, tmp_path / "ceiling", "--method", "target_only")
 

@@ -15,7 +15,7 @@ from nlptransfer.meta import (
     episode_accuracy,
     prototype_accuracy,
 )
-from nlptransfer.meta.episodes import ClassPool, EpisodeSampler, mean_ci95, split_classes
+from nlptransfer.meta.episodes import ClassPool, EpisodeSampler, mean_ci95, split_classes, split_meta_classes
 from nlptransfer.runs import META_FILE
 
 from conftest import REPO, make_classification_rows, recipe_args, run_script, tiny_bert_config, write_jsonl
@@ -72,6 +72,18 @@ def test_split_classes_is_disjoint_complete_and_seeded():
     for bad in (0, 1.5, 50, -3):
         with pytest.raises(ConfigError, match="--meta_test_classes"):
             split_classes(classes, bad, seed=0)
+
+
+def test_split_meta_classes_holds_out_a_validation_group_and_keeps_the_test_group():
+    classes = [f"class{i}" for i in range(50)]
+    train, validation, test = split_meta_classes(classes, 0.4, 10, seed=0)
+    assert test == split_classes(classes, 0.4, seed=0)[1]  # the same meta-test classes as without validation
+    assert len(validation) == 10 and len(train) == 20
+    assert not (set(train) & set(validation)) and not (set(validation) & set(test))
+    assert set(train) | set(validation) | set(test) == set(classes)
+    assert split_meta_classes(classes, 0.4, 0, seed=0) == (*split_classes(classes, 0.4, seed=0)[:1], [], test)
+    with pytest.raises(ConfigError, match="--meta_val_classes"):
+        split_meta_classes(classes, 0.4, 30, seed=0)  # nothing left to meta-train on
 
 
 def test_episodes_are_replayable_and_well_formed():
@@ -211,14 +223,17 @@ def test_recipe_writes_an_encoder_folder_that_finetuning_starts_from(keyword_mod
         str(REPO / "recipes" / "meta.py"),
         [
             *recipe_args(keyword_model, {"train": str(data)}, out),
-            *("--label_column_name", "topic", "--meta_test_classes", "0.25", "--n_way", "3", "--k_shot", "2"),
+            *("--label_column_name", "topic", "--meta_test_classes", "0.25", "--meta_val_classes", "3"),
+            *("--n_way", "3", "--k_shot", "2"),
             *("--query", "2", "--meta_steps", "3", "--meta_batch_size", "2", "--inner_steps", "2"),
             *("--inner_lr", "1e-3", "--eval_episodes", "3", "--algorithm", "reptile", "--logging_steps", "2"),
         ],
     )
     meta = json.loads((out / META_FILE).read_text())
-    assert len(meta["meta_test_classes"]) == 6 and len(meta["meta_train_classes"]) == 18
-    assert not set(meta["meta_test_classes"]) & set(meta["meta_train_classes"])
+    assert len(meta["meta_test_classes"]) == 6 and len(meta["meta_val_classes"]) == 3
+    assert len(meta["meta_train_classes"]) == 15  # 24 classes: the validation group is not meta-trained on
+    groups = [set(meta[f"meta_{name}_classes"]) for name in ("train", "val", "test")]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     results = json.loads((out / "all_results.json").read_text())
     assert [h["meta_step"] for h in results["history"]] == [2, 3]
     assert 0.0 <= results["meta_test"]["accuracy"] <= 1.0 and results["meta_test"]["episodes"] == 3
@@ -259,6 +274,8 @@ def test_recipe_refuses_a_non_empty_output_dir(keyword_model, keyword_file, tmp_
         (["--outer_lr", "-1"], "--outer_lr"),
         (["--meta_test_classes", "1.5"], "--meta_test_classes"),
         (["--meta_test_classes", "0"], "--meta_test_classes"),
+        (["--meta_val_classes", "-1"], "--meta_val_classes"),
+        (["--meta_val_classes", "2.5"], "--meta_val_classes"),
     ],
 )
 def test_bad_flags_name_the_flag(flags, message):

@@ -57,3 +57,10 @@ def test_benchmark_parser_adds_the_shared_flags(tmp_path):
     assert _common.results_path(args, "lora") == tmp_path / "x" / "r.json" and (tmp_path / "x").is_dir()
     args = parser.parse_args(["--quick"])
     assert _common.results_path(args, "lora") == _common.RESULTS / "lora_quick.json"
+
+
+def test_a_results_file_belongs_to_the_longest_benchmark_name_it_starts_with():
+    assert report.benchmark_of("distill_conll.json") == "distill"
+    assert report.benchmark_of("distill_fair.json") == report.benchmark_of("distill_fair_quick.json") == "distill_fair"
+    assert report.benchmark_of("finetune_avx512bf16.json") == "finetune"
+    assert report.benchmark_of("unknown.json") is None

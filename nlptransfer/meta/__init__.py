@@ -15,7 +15,14 @@
 
 from nlptransfer.meta.algorithms import META_ALGORITHMS, FirstOrderMAML, MetaAlgorithm, Reptile
 from nlptransfer.meta.arguments import MetaArguments
-from nlptransfer.meta.episodes import ClassPool, Episode, EpisodeSampler, mean_ci95, split_classes
+from nlptransfer.meta.episodes import (
+    ClassPool,
+    Episode,
+    EpisodeSampler,
+    mean_ci95,
+    split_classes,
+    split_meta_classes,
+)
 from nlptransfer.meta.learner import (
     HEAD_INITS,
     INNER_OPTIMIZERS,
@@ -45,5 +52,6 @@ __all__ = [
     "prototype_head",
     "score_episodes",
     "split_classes",
+    "split_meta_classes",
     "zero_head",
 ]

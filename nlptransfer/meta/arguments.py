@@ -29,7 +29,14 @@ class MetaArguments:
             "classes. Never seen in meta-training."
         },
     )
-    class_split_seed: int = field(default=0, metadata={"help": "Seed of the meta-train / meta-test class split."})
+    meta_val_classes: float = field(
+        default=0,
+        metadata={
+            "help": "Classes also held out of meta-training, to choose settings on (meta-validation): a fraction "
+            "in (0, 1) of the classes left after the meta-test split, or a number. 0: none."
+        },
+    )
+    class_split_seed: int = field(default=0, metadata={"help": "Seed of the class split."})
     n_way: int = field(default=5, metadata={"help": "Classes per episode (N)."})
     k_shot: int = field(default=5, metadata={"help": "Support rows per class and episode (K)."})
     query: int = field(
@@ -97,6 +104,9 @@ class MetaArguments:
         test = self.meta_test_classes
         if test <= 0 or (test >= 1 and not float(test).is_integer()):
             raise ConfigError(f"--meta_test_classes must be a fraction in (0, 1) or a whole number, got {test}")
+        validation = self.meta_val_classes
+        if validation < 0 or (validation >= 1 and not float(validation).is_integer()):
+            raise ConfigError(f"--meta_val_classes must be 0, a fraction in (0, 1) or a whole number, got {validation}")
         if self.max_seq_length < 8:
             raise ConfigError(f"--max_seq_length must be at least 8, got {self.max_seq_length}")
 

@@ -1,6 +1,7 @@
 """N-way K-shot episodes over a pool of labelled classes, and a class split that cannot leak.
 
     meta_train, meta_test = split_classes(pool.classes, 0.4, seed=0)     # disjoint, fixed by the seed
+    meta_train, meta_val, meta_test = split_meta_classes(pool.classes, 0.4, 0.25, seed=0)  # and a validation group
     sampler = EpisodeSampler(pool.subset(meta_test).class_rows, n_way=5, k_shot=5, query=5, seed=1)
     episode = sampler.episode(17)                  # the same episode every time, for every model
 
@@ -48,6 +49,19 @@ def split_classes(
     if set(meta_train) & set(meta_test):  # cannot happen by construction; the whole protocol rests on it
         raise AssertionError(f"meta-train and meta-test classes overlap: {set(meta_train) & set(meta_test)}")
     return meta_train, meta_test
+
+
+def split_meta_classes(
+    classes: Sequence[str], test: float, validation: float, seed: int
+) -> tuple[list[str], list[str], list[str]]:
+    """(meta_train, meta_val, meta_test): `split_classes` holds out the meta-test classes (the same ones as
+    without validation), then `validation` (a fraction of the classes left, or a number; 0: none) of the rest
+    are held out of meta-training too, to choose settings on: three disjoint groups."""
+    rest, meta_test = split_classes(classes, test, seed)
+    if not validation:
+        return rest, [], meta_test
+    meta_train, meta_val = split_classes(rest, validation, seed, flag="--meta_val_classes")
+    return meta_train, meta_val, meta_test
 
 
 @dataclass

@@ -15,9 +15,10 @@ the Amazon domains, as in the literature). `--method`:
 Model selection never uses target labels except in target_only: every method selects on a
 held-out `--validation_split_percentage` of its labelled training domain (the source, for DANN).
 Runs trained on the source also report `dev_risk`, Deep Embedded Validation's estimate of the target
-risk from source validation losses weighted by how target-like each text is (no target label used):
-lower is better, so settings (e.g. --domain_loss_weight) can be chosen by it; it ranks settings with
-information maximisation poorly (they are more confident, so their weighted source loss is higher).
+risk from source validation losses weighted by how target-like each text is (no target label used),
+and `dev_error`, the same estimate of the target *error* (0-1 loss): lower is better, so settings (e.g.
+--domain_loss_weight) can be chosen by them. `dev_risk` ranks settings with information maximisation
+poorly (they are more confident, so their weighted source cross-entropy is higher); `dev_error` does not.
 The target test rows give `test_*`; the source test rows give `source_test_*`.
 """
 
@@ -106,7 +107,7 @@ def main(argv=None):
     results.update(method=domain_args.method, trainable_parameters=trainable, total_parameters=total)
     if method.labelled == "source":  # a target-risk estimate that needs no target label, to compare runs by
         classifier = model.classifier if method.adversarial else model
-        results["dev_risk"] = deep_embedded_validation(
+        results |= deep_embedded_validation(
             classifier, collator, encoded["train"], encoded["target_train"], encoded["validation"]
         )
     del model

@@ -6,7 +6,8 @@
     python recipes/finetune.py --model_name_or_path runs/meta_trec --train_file ... --output_dir ...
 
 The classes of --label_column_name are split by --class_split_seed into meta-train and meta-test
-groups; meta-training sees only rows of the meta-train classes. The folder holds the encoder and
+groups (and, with --meta_val_classes, a meta-validation group to choose settings on); meta-training sees
+only rows of the meta-train classes. The folder holds the encoder and
 tokenizer (`AutoModel.from_pretrained` loads it), `nlptransfer_meta.json` (both class groups and the
 settings), `all_results.json` and `run_config.yaml`. With --eval_episodes N, N meta-test episodes are
 scored before and after meta-training (reported, never selected on). `--config file.yaml` works too.
@@ -22,7 +23,7 @@ from transformers import AutoModel
 from nlptransfer.config import ModelArguments, RunArguments, parse_args
 from nlptransfer.errors import run_main
 from nlptransfer.lifecycle import Fitted, finish_run
-from nlptransfer.meta import ClassPool, EpisodeLearner, MetaArguments, score_episodes, split_classes
+from nlptransfer.meta import ClassPool, EpisodeLearner, MetaArguments, score_episodes, split_meta_classes
 from nlptransfer.modeling import load_tokenizer
 from nlptransfer.readers import read_file
 from nlptransfer.resolve import resolve_model
@@ -43,9 +44,13 @@ def main(argv=None):
         meta_args.text_column_name,
         meta_args.label_column_name,
     )
-    meta_train, meta_test = split_classes(pool.classes, meta_args.meta_test_classes, meta_args.class_split_seed)
+    meta_train, meta_val, meta_test = split_meta_classes(
+        pool.classes, meta_args.meta_test_classes, meta_args.meta_val_classes, meta_args.class_split_seed
+    )
     train_sampler = meta_args.sampler(pool, meta_train, args.seed)
     print(f"{len(meta_train)} meta-train classes ({len(train_sampler.skipped)} too small: {train_sampler.skipped})")
+    if meta_val:
+        print(f"{len(meta_val)} meta-validation classes (held out of meta-training): {meta_val}")
     print(f"{len(meta_test)} meta-test classes: {meta_test}")
 
     # model: the plain encoder; heads are made per episode and thrown away
@@ -94,6 +99,7 @@ def main(argv=None):
             "algorithm": meta_args.algorithm,
             "label_column": meta_args.label_column_name,
             "meta_train_classes": meta_train,
+            "meta_val_classes": meta_val,
             "meta_test_classes": meta_test,
             "settings": {**asdict(meta_args), "seed": args.seed},
         }

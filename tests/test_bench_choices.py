@@ -1,0 +1,58 @@
+"""How benchmarks choose settings and pair runs (issue #27): no test label takes part in a choice, and
+differences are paired by seed."""
+
+import bench_domain
+import bench_lora
+import pytest
+
+
+def domain_row(direction, method, seed, target, dev_error):
+    row = {"direction": direction, "method": method, "seed": seed, "target_accuracy": target}
+    return row | {"dev_error": dev_error, "dev_risk": 1.0, "validation_accuracy": 0.9}
+
+
+def test_domain_choice_follows_the_label_free_criterion_not_target_accuracy():
+    settings = ["dann 0 im 0.3", "dann 0.03", "dann 0.03 im 0.3"]
+    rows = []
+    for seed in (1, 2):
+        for direction in ("a -> b", "b -> a"):
+            # the best target accuracy sits with the worst dev_error: a choice that read it would pick it
+            rows.append(domain_row(direction, "dann 0 im 0.3", seed, 0.90, 0.30))
+            rows.append(domain_row(direction, "dann 0.03", seed, 0.80, 0.10))
+            rows.append(domain_row(direction, "dann 0.03 im 0.3", seed, 0.85, 0.20 if seed == 1 else 0.05))
+    rows.append(domain_row("a -> b", "dann 0.03", 3, 0.7, 0.0))  # a seed where not every setting ran: no choice
+
+    chosen, mean_rank = bench_domain.choose(rows, settings, "dev_error", [1, 2, 3])
+
+    assert [c["chosen"] for c in chosen] == ["dann 0.03", "dann 0.03 im 0.3"] * 2  # (a -> b, b -> a) x seeds 1, 2
+    assert all(c["method"] == bench_domain.CHOSEN for c in chosen)
+    assert mean_rank == {"dann 0 im 0.3": 3.0, "dann 0.03": 1.5, "dann 0.03 im 0.3": 1.5}
+
+
+def test_domain_paired_differences_match_direction_and_seed():
+    rows = [
+        domain_row("a -> b", "dann 0 im 0.3", 1, 0.80, 0),
+        domain_row("a -> b", "dann 0.03 im 0.3", 1, 0.83, 0),
+        domain_row("a -> b", "dann 0 im 0.3", 2, 0.90, 0),
+        domain_row("a -> b", "dann 0.03 im 0.3", 2, 0.89, 0),
+        domain_row("b -> a", "dann 0.03 im 0.3", 1, 0.50, 0),  # no partner: left out
+    ]
+    result = bench_domain.paired(rows, "dann 0.03 im 0.3", "dann 0 im 0.3")
+    assert result["pairs"] == 2 and result["wins"] == 1 and result["losses"] == 1
+    assert result["mean_points"] == pytest.approx(1.0)  # (+3 - 1) / 2
+    assert bench_domain.paired(rows, "dann 0.1", "dann 0 im 0.3") is None
+
+
+def test_lora_summary_pairs_the_difference_from_full_fine_tuning_by_seed():
+    def row(system, seed, score):
+        row = {"task": "trec", "system": system, "metric": "accuracy", "seed": seed, "score": score}
+        row |= {"validation_score": None, "trainable_parameters": 1, "trainable_percent": 1.0}
+        return row | {"saved_weights_mib": 1.0, "train_runtime_s": 10.0 + seed, "peak_rss_mib": 100.0}
+
+    rows = [row(bench_lora.FULL, 1, 0.90), row("LoRA r=4", 1, 0.88), row(bench_lora.FULL, 2, 0.80)]
+    rows.append(row("LoRA r=4", 2, 0.84))
+    full, lora = bench_lora.summarise(rows)
+    assert full["seeds"] == [1, 2] and full["score"] == pytest.approx(0.85) and "delta_vs_full_points" not in full
+    assert lora["delta_vs_full_points"] == pytest.approx(1.0)  # (-2 + 4) / 2, paired by seed
+    assert lora["delta_vs_full_points_std"] == pytest.approx(4.242640687, rel=1e-6)
+    assert lora["validation_score"] is None and lora["train_runtime_s"] == pytest.approx(11.5)
