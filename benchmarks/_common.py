@@ -186,6 +186,15 @@ def once(path: Path, run, *args) -> dict:
     return row
 
 
+def same_flags(row: dict, flags: list[str], path: Path) -> dict:
+    """`row` (kept at `path`) if it was run with `flags`; else stop: runs with other settings never mix silently."""
+    if row["args"] != flags:
+        raise SystemExit(
+            f"{path} was run with `{' '.join(row['args'])}`, not `{' '.join(flags)}`: use another --workdir"
+        )
+    return row
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A markdown table (no trailing newline); cells are str()-ed, None becomes an empty cell."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -26,7 +26,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import DATA, benchmark_parser, machine, mean_std, results_path, run_recipe, write_results
+from _common import DATA, benchmark_parser, machine, mean_std, results_path, run_recipe, same_flags, write_results
 from report import render_domain
 
 AMAZON = DATA / "amazon_multidomain"
@@ -161,12 +161,7 @@ def main() -> None:
                     out = Path(args.workdir or scratch) / f"{source}-{target}-{name.replace(' ', '')}-{seed}"
                     done = out.with_suffix(".json")
                     if done.is_file():
-                        row = json.loads(done.read_text())
-                        if row["args"] != [*extra, *flags]:
-                            raise SystemExit(
-                                f"{done}: kept from a run with other flags ({' '.join(row['args'])}); "
-                                "give another --workdir or move it away"
-                            )
+                        row = same_flags(json.loads(done.read_text()), [*extra, *flags], done)
                         print(f"{source} -> {target} / {name} / seed {seed}: kept in {done}", flush=True)
                         rows.append(row)
                         continue

@@ -15,7 +15,17 @@ Writes benchmarks/results/lora[_quick].json and prints a markdown table.
 import tempfile
 from pathlib import Path
 
-from _common import TASKS, benchmark_parser, group_rows, mean_std, once, results_path, run_recipe, write_results
+from _common import (
+    TASKS,
+    benchmark_parser,
+    group_rows,
+    mean_std,
+    once,
+    results_path,
+    run_recipe,
+    same_flags,
+    write_results,
+)
 from report import render_lora
 
 FULL = "full fine-tuning"
@@ -95,8 +105,9 @@ def main() -> None:
                     print(f"{task} / {system} / seed {seed} ...", flush=True)
                     flags = [*common, "--seed", str(seed), *system_args]
                     name = f"{task}-{system.replace(' ', '_').replace('=', '')}-{seed}"
-                    row = once(
-                        folder / f"{name}.json", run_system, task, TASKS[task]["args"], system, flags, folder / name
+                    path = folder / f"{name}.json"
+                    row = same_flags(
+                        once(path, run_system, task, TASKS[task]["args"], system, flags, folder / name), flags, path
                     )
                     rows.append({**row, "seed": seed})
                     write_results(output, {"quick": args.quick, "partial": True, "rows": rows})

@@ -56,3 +56,12 @@ def test_lora_summary_pairs_the_difference_from_full_fine_tuning_by_seed():
     assert lora["delta_vs_full_points"] == pytest.approx(1.0)  # (-2 + 4) / 2, paired by seed
     assert lora["delta_vs_full_points_std"] == pytest.approx(4.242640687, rel=1e-6)
     assert lora["validation_score"] is None and lora["train_runtime_s"] == pytest.approx(11.5)
+
+
+def test_a_kept_row_from_other_settings_stops_the_benchmark(tmp_path):
+    from _common import same_flags
+
+    row = {"args": ["--learning_rate", "1e-4"]}
+    assert same_flags(row, ["--learning_rate", "1e-4"], tmp_path / "run.json") is row
+    with pytest.raises(SystemExit, match="run.json was run with `--learning_rate 1e-4`, not `--learning_rate 3e-4`"):
+        same_flags(row, ["--learning_rate", "3e-4"], tmp_path / "run.json")

@@ -7,10 +7,10 @@
 
 The classes of --label_column_name are split by --class_split_seed into meta-train and meta-test
 groups (and, with --meta_val_classes, a meta-validation group to choose settings on); meta-training sees
-only rows of the meta-train classes. The folder holds the encoder and
-tokenizer (`AutoModel.from_pretrained` loads it), `nlptransfer_meta.json` (both class groups and the
-settings), `all_results.json` and `run_config.yaml`. With --eval_episodes N, N meta-test episodes are
-scored before and after meta-training (reported, never selected on). `--config file.yaml` works too.
+only rows of the meta-train classes. The folder holds the encoder and tokenizer (`AutoModel.from_pretrained`
+loads it), `nlptransfer_meta.json` (the class groups and the settings), `all_results.json` and
+`run_config.yaml`. With --eval_episodes N, N meta-test episodes are scored before and after meta-training
+(reported, never selected on). `--config file.yaml` works too.
 """
 
 import json
