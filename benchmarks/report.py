@@ -919,8 +919,8 @@ def is_quick(data: dict, name: str) -> bool:
 
 
 def slug(title: str) -> str:
-    """GitHub's anchor for a heading of plain words."""
-    return "-".join("".join(c for c in title.lower() if c.isalnum() or c in " -").split(" "))
+    """GitHub's anchor for a heading: lower case, spaces to hyphens, only letters, digits, `-` and `_` kept."""
+    return "-".join("".join(c for c in title.lower() if c.isalnum() or c in " -_").split(" "))
 
 
 def file_block(name: str, data: dict, level: str = "###") -> str:
