@@ -68,6 +68,13 @@ def mean_std(values) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def paired_points(runs: list[dict], baseline: dict, key: str = "score") -> tuple[float, float] | None:
+    """Mean and std over seeds of each run's `key` minus the baseline's of the same seed (`baseline`: seed ->
+    value), in points; None where no seed pairs."""
+    deltas = [100 * (r[key] - baseline[r["seed"]]) for r in runs if r["seed"] in baseline]
+    return mean_std(deltas) if deltas else None
+
+
 def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     """`rows` grouped by their values of `keys`, groups in first-seen order."""
     groups: dict[tuple, list[dict]] = {}

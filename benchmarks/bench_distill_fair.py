@@ -29,6 +29,7 @@ from _common import (
     markdown_table,
     mean_std,
     once,
+    paired_points,
     results_path,
     run_recipe,
     same_flags,
@@ -59,9 +60,8 @@ def summarise(rows: list[dict], baseline: str) -> list[dict]:
         entry["test_f1"], entry["test_f1_std"] = mean_std(entry["scores"])
         entry["validation_f1"], _ = mean_std(r["validation_f1"] for r in runs)
         entry["train_runtime_s"], _ = mean_std(r["train_runtime_s"] for r in runs)
-        gains = [100 * (r["test_f1"] - base[r["seed"]]) for r in runs if r["seed"] in base]
-        if system != baseline and gains:
-            entry["gain_points"], entry["gain_std_points"] = mean_std(gains)
+        if system != baseline and (gain := paired_points(runs, base, "test_f1")):
+            entry["gain_points"], entry["gain_std_points"] = gain
         summary.append(entry)
     return summary
 

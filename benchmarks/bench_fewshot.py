@@ -253,10 +253,9 @@ def main() -> None:
         everything = adaptations(args)
 
         def validate(start: dict) -> dict:
-            start["validation"] = score(start, "val", split["meta_val"], args.val_episodes, everything)
-            start["chosen"] = {str(shot): name for shot, (name, _) in chosen(start["validation"]).items()}
-            start["val_accuracy"] = {str(shot): acc for shot, (_, acc) in chosen(start["validation"]).items()}
-            del start["validation"]
+            best = chosen(score(start, "val", split["meta_val"], args.val_episodes, everything))
+            start["chosen"] = {str(shot): name for shot, (name, _) in best.items()}
+            start["val_accuracy"] = {str(shot): acc for shot, (_, acc) in best.items()}
             return start
 
         # 1. every start on meta-validation; per algorithm, the meta-training setting meta-validation prefers

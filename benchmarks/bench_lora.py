@@ -21,6 +21,7 @@ from _common import (
     group_rows,
     mean_std,
     once,
+    paired_points,
     results_path,
     run_recipe,
     same_flags,
@@ -64,9 +65,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             values = [r[key] for r in runs if r[key] is not None]
             entry[key], entry[f"{key}_std"] = mean_std(values) if values else (None, None)
         full = {r["seed"]: r["score"] for r in rows if (r["task"], r["system"]) == (task, FULL)}
-        deltas = [100 * (r["score"] - full[r["seed"]]) for r in runs if r["seed"] in full]
-        if system != FULL and deltas:
-            entry["delta_vs_full_points"], entry["delta_vs_full_points_std"] = mean_std(deltas)
+        if system != FULL and (delta := paired_points(runs, full)):
+            entry["delta_vs_full_points"], entry["delta_vs_full_points_std"] = delta
         summary.append(entry)
     return summary
 
