@@ -4,12 +4,13 @@
 
 Prints `BENCH_RESULT {...}` and exits right after optimizer step 5 (nothing is saved): `prep_s` (the recipe's
 `load_splits` + `encode_splits`: reading, checking and tokenizing), `first_step_s` (process start to the first
-optimizer step), the peak RSS when the data was ready and at the last step, and the peak of any worker process
-(`Dataset.map(num_proc=...)`), in MiB. RSS counts the pages of memory-mapped Arrow files the process has read
-(file-backed: the kernel drops them under memory pressure, and they are shared with the page cache); a thread
-samples /proc/self/status every 0.1 s for the peaks of its two parts, `RssAnon` (the process's own memory)
-and `RssFile`. Works with any version of the package on `PYTHONPATH` (the benchmark
-compares the data path before and after Arrow), as it only wraps `nlptransfer.data` and hooks torch's optimizers.
+optimizer step), the peak RSS when the data was ready and at the last step, the peak of any worker process
+(`Dataset.map(num_proc=...)`), and the files whose mapped pages are resident at the last step, in MiB. RSS counts
+the pages of memory-mapped Arrow files the process has read (file-backed: the kernel drops them under memory
+pressure, and they are shared with the page cache); a thread samples /proc/self/status every 0.1 s for the peaks
+of its two parts, `RssAnon` (the process's own memory) and `RssFile`. Works with any version of the package on
+`PYTHONPATH` (the benchmark compares the data path before and after Arrow), as it only wraps `nlptransfer.data`
+and hooks torch's optimizers.
 """
 
 import json
@@ -43,6 +44,21 @@ def sample_rss() -> None:
 threading.Thread(target=sample_rss, daemon=True).start()
 
 
+def mapped_files_mib() -> dict[str, float]:
+    """Each memory-mapped file's resident pages now (/proc/self/smaps), in MiB, most first: which Arrow cache
+    files (or libraries, or weights) the file-backed part of RSS is made of."""
+    resident, current = {}, None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            name, _, rest = line.partition(":")
+            if not name.isalpha() or name[0].islower():  # a mapping's header line: address range ... [path]
+                parts = line.split()
+                current = parts[5] if len(parts) > 5 and parts[5].startswith("/") else None
+            elif name == "Rss" and current:
+                resident[current] = resident.get(current, 0) + int(rest.split()[0]) / 1024
+    return dict(sorted(resident.items(), key=lambda item: -item[1]))
+
+
 def peak_mib(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
@@ -73,6 +89,9 @@ def after_step(optimizer, *_):
         result["last_step_s"] = time.perf_counter() - START
         result["peak_rss_mib"] = peak_mib()
         result["children_peak_rss_mib"] = peak_mib(resource.RUSAGE_CHILDREN)
+        mapped = mapped_files_mib()
+        result["mapped_files_mib"] = dict(list(mapped.items())[:5])
+        result["arrow_resident_mib"] = sum(mib for path, mib in mapped.items() if path.endswith(".arrow"))
         print("BENCH_RESULT " + json.dumps(result), flush=True)
         os._exit(0)
 

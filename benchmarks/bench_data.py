@@ -188,6 +188,7 @@ def main() -> None:
             "peak RSS prep (MiB)",
             "peak RSS (MiB)",
             "of it own / file-backed (MiB)",
+            "Arrow pages resident (MiB)",
         ],
         [
             [
@@ -199,6 +200,7 @@ def main() -> None:
                 f"{r['peak_rss_prep_mib']:.0f}",
                 f"{r['peak_rss_mib']:.0f}",
                 f"{r['peak_rss_anon_mib']:.0f} / {r['peak_rss_file_mib']:.0f}",
+                f"{r['arrow_resident_mib']:.0f}" if "arrow_resident_mib" in r else "-",
             ]
             for r in rows
         ],

@@ -706,12 +706,13 @@ def render_data(name: str, data: dict) -> str:
             num(r["first_step_s"], ".1f"),
             num(r["peak_rss_mib"], ".0f"),
             f"{r['peak_rss_anon_mib']:.0f} / {r['peak_rss_file_mib']:.0f}",
+            num(r.get("arrow_resident_mib"), ".0f"),
             num(r["children_peak_rss_mib"], ".0f"),
         ]
         for r in data["rows"]
     ]
     header = ["rows", "system", "prep s", "rows/s", "first step s", "peak RSS MiB", "own / file-backed MiB",
-              "workers' peak MiB"]  # fmt: skip
+              "Arrow pages at step 5, MiB", "workers' peak MiB"]  # fmt: skip
     s, t = data["summary"], data["targets"]
     small, large = s["rss_ratio"]["rows"]
     lines = [
@@ -871,7 +872,8 @@ BENCHMARKS = {
         "data path before Arrow (rows as Python objects, a worktree of the older commit) as far as it fits in "
         "memory, and the Arrow path with an empty and then a warm `datasets` cache. Prep is reading, checking and "
         "tokenizing; the first step counts from process start (model loading included). RSS counts the pages of "
-        "memory-mapped files the process has read (file-backed); the sampled peaks of both parts are shown.",
+        "memory-mapped files the process has read (file-backed); the sampled peaks of both parts are shown, and "
+        "how much of the file-backed part the Arrow files (raw rows and tokenized cache) held at the last step.",
     ),
     "long_text": (
         "Long texts: truncate vs chunk vs a longer window",

@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from nlptransfer.encoders import cpu_cores
-from nlptransfer.readers import LINE, Records, locate
+from nlptransfer.readers import BATCH_ROWS, LINE, Records, locate
 
 FEATURE_INFO = ("length", "__row__", "__words__")
 """Columns `encode` adds beside the model inputs: each feature's token count, its row, its words (token tasks)."""
@@ -34,7 +34,7 @@ def arrow_column(dataset, name: str):
     return dataset.with_format("arrow")[name]
 
 
-ENCODING_VERSION = "3"
+ENCODING_VERSION = "4"
 """Part of every check/encode cache fingerprint: bump it when what they write changes."""
 
 
@@ -115,6 +115,8 @@ def map_rows(records: Records, function, options: dict, key, num_proc: int | Non
         fn_kwargs={**options, "source": records.source, "unit": records.unit},
         new_fingerprint=fingerprint,
         num_proc=processes,
+        batch_size=BATCH_ROWS,  # written as Arrow record batches this large: loading the cache reads one
+        writer_batch_size=BATCH_ROWS,  # header per batch (per 1,000 rows, page faults touched the whole file)
         try_original_type=False,  # a "label"/"labels" column written here is not the one read
         desc=f"{key[0]} {records.source}",
     )

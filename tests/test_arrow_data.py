@@ -139,3 +139,19 @@ def test_length_grouping_and_lengths_need_no_row_copies(tmp_path, tokenizer):
     sampler.set_epoch(1)
     assert list(sampler) != order
     assert isinstance(sampler.indices(), np.ndarray)
+
+
+def test_the_cache_is_written_in_record_batches_of_batch_rows(tmp_path, tokenizer, monkeypatch):
+    """Loading a cached Arrow file reads one header per record batch, and the pages around each are mapped too: at
+    `map`'s default 1,000 rows per batch that touched the whole file, so the cache is written in big batches."""
+    import pyarrow as pa
+
+    import nlptransfer.preprocessing as preprocessing
+
+    monkeypatch.setattr(preprocessing, "BATCH_ROWS", 7)
+    records = read_file(str(write_jsonl(tmp_path / "train.jsonl", ROWS)))
+    encoded = encode_splits({"train": records}, TaskSpec(), tokenizer, 16)["train"]
+    (cache,) = {f["filename"] for f in encoded.table.cache_files}
+    with pa.memory_map(cache) as source:
+        batches = [len(batch) for batch in pa.ipc.open_stream(source)]
+    assert batches == [7, 7, 7, 7, 2]
