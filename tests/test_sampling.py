@@ -206,3 +206,38 @@ def test_every_process_gets_the_same_task_at_each_step(processes):
         assert len({sampler.task_of(batch[0]) for batch in step}) == 1
     # one process: the schedule (and every run's batches) as before the option existed
     assert make_sampler(processes=1).schedule(3) == make_sampler().schedule(3)
+
+
+def reference_order(lengths, batch_size, seed, epoch, group_by_length):
+    """The epoch order by its definition, with copies: a seeded permutation; with length grouping, each mega-batch
+    of 50 batches sorted longest first (ties in drawn order), full batches shuffled, the partial one last."""
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(lengths), generator=generator).numpy()
+    if not group_by_length:
+        return order
+    lengths, full, partial = np.asarray(lengths), [], []
+    for start in range(0, len(order), batch_size * 50):
+        chunk = order[start : start + batch_size * 50]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        whole = len(chunk) // batch_size * batch_size
+        full.append(chunk[:whole].reshape(-1, batch_size))
+        partial.append(chunk[whole:])
+    full = np.concatenate(full)
+    return np.concatenate([full[torch.randperm(len(full), generator=generator).numpy()].reshape(-1), *partial])
+
+
+@pytest.mark.parametrize("rows, batch_size", [(1, 4), (7, 4), (1000, 32), (12345, 8)])
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_epoch_order_is_its_definition(rows, batch_size, group_by_length):
+    """The in-place, int32 `EpochSampler.indices` gives the order of the plain definition (so runs resume across
+    versions), for sizes with and without a partial last batch."""
+    from nlptransfer.batching import EpochSampler
+
+    lengths = make_lengths([rows], seed=rows)[0]
+    sampler = EpochSampler(lengths, batch_size, seed=5, group_by_length=group_by_length)
+    for epoch in (0, 3):
+        sampler.set_epoch(epoch)
+        expected = reference_order(lengths, batch_size, 5, epoch, group_by_length)
+        assert sampler.indices().tolist() == expected.tolist()
