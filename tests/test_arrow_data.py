@@ -155,3 +155,16 @@ def test_the_cache_is_written_in_record_batches_of_batch_rows(tmp_path, tokenize
     with pa.memory_map(cache) as source:
         batches = [len(batch) for batch in pa.ipc.open_stream(source)]
     assert batches == [7, 7, 7, 7, 2]
+
+
+def test_tokenizer_key_ignores_call_state_and_sees_the_definition(tokenizer):
+    """The cache key of a tokenizer is the same after calls that leave truncation/padding set, and changes with
+    what the tokenizer does (an added token)."""
+    from nlptransfer.preprocessing import tokenizer_key
+
+    before = tokenizer_key(tokenizer)
+    tokenizer(["a b c", "d"], truncation=True, max_length=7, padding="max_length")
+    assert tokenizer.backend_tokenizer.truncation is not None  # the precondition: the call left its state
+    assert tokenizer_key(tokenizer) == before
+    tokenizer.add_tokens(["zzzqqq"])
+    assert tokenizer_key(tokenizer) != before
