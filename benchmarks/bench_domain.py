@@ -90,6 +90,16 @@ def paired(rows: list[dict], method: str, baseline: str) -> dict | None:
     }
 
 
+def run_folder(workdir: Path, source: str, target: str, name: str, seed: int) -> Path:
+    """One run's folder (its row is `<folder>.json` beside it)."""
+    return workdir / f"{source}-{target}-{name.replace(' ', '')}-{seed}"
+
+
+def row_file(folder: Path) -> Path:
+    """Where a run's row is kept: `<folder>.json` (not `with_suffix`: setting names hold dots, as in im 0.3)."""
+    return folder.parent / f"{folder.name}.json"
+
+
 def main() -> None:
     from nlptransfer.domain import DomainArguments  # what the recipe ships now, to compare the choice with
 
@@ -158,8 +168,8 @@ def main() -> None:
         for seed in seeds:
             for source, target in DIRECTIONS:
                 for name, method, flags in [s for s in systems if s[1] != "target_only" or seed == seeds[0]]:
-                    out = Path(args.workdir or scratch) / f"{source}-{target}-{name.replace(' ', '')}-{seed}"
-                    done = out.with_suffix(".json")
+                    out = run_folder(Path(args.workdir or scratch), source, target, name, seed)
+                    done = row_file(out)
                     if done.is_file():
                         row = same_flags(json.loads(done.read_text()), [*extra, *flags], done)
                         print(f"{source} -> {target} / {name} / seed {seed}: kept in {done}", flush=True)

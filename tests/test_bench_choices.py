@@ -65,3 +65,16 @@ def test_a_kept_row_from_other_settings_stops_the_benchmark(tmp_path):
     assert same_flags(row, ["--learning_rate", "1e-4"], tmp_path / "run.json") is row
     with pytest.raises(SystemExit, match="run.json was run with `--learning_rate 1e-4`, not `--learning_rate 3e-4`"):
         same_flags(row, ["--learning_rate", "3e-4"], tmp_path / "run.json")
+
+
+def test_every_domain_run_keeps_its_row_in_a_file_of_its_own(tmp_path):
+    """Setting names hold dots (`im 0.3`): each direction, setting and seed still gets its own row file."""
+    names = ["source_only", *(bench_domain.setting_name(w, e) for w in (0, 0.03, 0.1) for e in (0, 0.3) if w or e)]
+    files = {
+        bench_domain.row_file(bench_domain.run_folder(tmp_path, source, target, name, seed))
+        for source, target in bench_domain.DIRECTIONS
+        for name in names
+        for seed in (42, 43)
+    }
+    assert len(files) == len(bench_domain.DIRECTIONS) * len(names) * 2
+    assert all(f.name.endswith(("-42.json", "-43.json")) for f in files)
