@@ -1,7 +1,7 @@
 """Domain adaptation on Amazon reviews (books <-> kitchen) with MiniLM: source-only vs DANN settings chosen
 without target labels, with in-domain training as the ceiling, over five seeds, side by side in one run.
 
-    python benchmarks/bench_domain.py --workdir benchmarks/results/domain_runs   # the protocol below (~85 min)
+    python benchmarks/bench_domain.py --workdir benchmarks/results/domain_runs  # 62 runs of ~200 s (~3.5 h); resumes
     python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens, 2 settings: a smoke run
 
 Each run is `recipes/domain_adapt.py` in its own process: each domain split 1,600 / 400 by
