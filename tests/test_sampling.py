@@ -4,11 +4,13 @@ import random
 from collections import Counter
 
 import accelerate
+import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 
+from nlptransfer.batching import EpochSampler
 from nlptransfer.config import ConfigError
 from nlptransfer.sampling import TASK_SAMPLERS, MultiTaskBatchSampler, build_task_sampler
 
@@ -211,8 +213,6 @@ def test_every_process_gets_the_same_task_at_each_step(processes):
 def reference_order(lengths, batch_size, seed, epoch, group_by_length):
     """The epoch order by its definition, with copies: a seeded permutation; with length grouping, each mega-batch
     of 50 batches sorted longest first (ties in drawn order), full batches shuffled, the partial one last."""
-    import numpy as np
-
     generator = torch.Generator().manual_seed(seed + epoch)
     order = torch.randperm(len(lengths), generator=generator).numpy()
     if not group_by_length:
@@ -233,8 +233,6 @@ def reference_order(lengths, batch_size, seed, epoch, group_by_length):
 def test_epoch_order_is_its_definition(rows, batch_size, group_by_length):
     """The in-place, int32 `EpochSampler.indices` gives the order of the plain definition (so runs resume across
     versions), for sizes with and without a partial last batch."""
-    from nlptransfer.batching import EpochSampler
-
     lengths = make_lengths([rows], seed=rows)[0]
     sampler = EpochSampler(lengths, batch_size, seed=5, group_by_length=group_by_length)
     for epoch in (0, 3):
