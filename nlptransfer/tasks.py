@@ -171,6 +171,11 @@ def _field(row: dict, where: str, column: str, flag: str):
     return row[column]
 
 
+def _holds(value) -> str:
+    """What a field holds, for an error: a row's missing field reads as null from Arrow, so None says both."""
+    return "is missing or null" if value is None else f"holds {value!r}"
+
+
 def _has(row: dict, column: str) -> bool:
     return row.get(column) is not None
 
@@ -181,7 +186,7 @@ def _label_name(value, where: str, column: str) -> str:
         or not isinstance(value, (str, int, float))
         or (isinstance(value, float) and not value.is_integer())
     ):
-        raise DataError(f"{where}: field {column!r} holds {value!r}; expected a class name or an integer class id")
+        raise DataError(f"{where}: field {column!r} {_holds(value)}; expected a class name or an integer class id")
     if isinstance(value, float):
         value = int(value)
     name = str(value).strip()
@@ -208,9 +213,9 @@ def _label_number(value, where: str, column: str) -> float:
         except ValueError:
             number = None
     if number is None:
-        raise DataError(f"{where}: field {column!r} holds {value!r}; expected a number (regression target)")
+        raise DataError(f"{where}: field {column!r} {_holds(value)}; expected a number (regression target)")
     if not math.isfinite(number):
-        raise DataError(f"{where}: field {column!r} holds {value!r}; expected a finite number (regression target)")
+        raise DataError(f"{where}: field {column!r} {_holds(value)}; expected a finite number (regression target)")
     return number
 
 
@@ -553,7 +558,7 @@ class MultiLabelKind(_SequenceKind):
         if isinstance(value, str):
             value = [part for part in (p.strip() for p in value.split(",")) if part]
         if not isinstance(value, list):
-            raise DataError(f"{where}: field {column!r} holds {value!r}; expected a list of class names")
+            raise DataError(f"{where}: field {column!r} {_holds(value)}; expected a list of class names")
         return list(dict.fromkeys(_label_name(item, where, column) for item in value))  # a name counts once
 
     def feature_label(self, label: list[str], label2id: dict[str, int]) -> list[float]:

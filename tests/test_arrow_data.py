@@ -168,3 +168,12 @@ def test_tokenizer_key_ignores_call_state_and_sees_the_definition(tokenizer):
     assert tokenizer_key(tokenizer) == before
     tokenizer.add_tokens(["zzzqqq"])
     assert tokenizer_key(tokenizer) != before
+
+
+def test_a_row_without_the_label_others_have_is_named_by_its_line(tmp_path, tokenizer):
+    """Arrow reads a field one row lacks as null: the error says both, with the row's line."""
+    rows = [dict(row) for row in ROWS]
+    del rows[2]["label"]
+    records = read_file(str(write_jsonl(tmp_path / "train.jsonl", rows)))
+    with pytest.raises(DataError, match=r"train.jsonl:3: field 'label' is missing or null; expected a class name"):
+        encode_splits({"train": records}, TaskSpec(), tokenizer, 16)

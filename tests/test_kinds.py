@@ -203,7 +203,7 @@ def test_regression_reads_numbers_from_csv_and_pairs(tmp_path, tokenizer):
     [
         ("high", r"holds 'high'; expected a number"),
         (True, r"holds True; expected a number"),
-        (None, r"holds None; expected a number"),
+        (None, r"is missing or null; expected a number"),
         ([1.0], r"holds \[1\.0\]; expected a number"),
         ("", r"holds ''; expected a number"),
         (float("nan"), r"holds nan; expected a finite number"),
