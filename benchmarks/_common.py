@@ -181,12 +181,14 @@ def write_results(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def once(path: Path, run, *args) -> dict:
+def once(path: Path, run, *args, flags: list[str] | None = None) -> dict:
     """The row an earlier invocation saved at `path`, or `run(*args)`'s, saved there with the machine it ran on:
-    a long benchmark given a kept folder resumes run by run."""
+    a long benchmark given a kept folder resumes run by run. With `flags`, a kept row must have been run with
+    them (`same_flags`)."""
     if path.exists():
         print(f"  (kept from {path})", flush=True)
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        return row if flags is None else same_flags(row, flags, path)
     row = {**run(*args), "machine": machine()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=2) + "\n")

@@ -32,7 +32,6 @@ from _common import (
     paired_points,
     results_path,
     run_recipe,
-    same_flags,
     write_results,
 )
 
@@ -94,16 +93,16 @@ def main() -> None:
         teacher_flags = ["--model_name_or_path", MINILM, "--learning_rate", "1e-4", "--seed", str(args.seed)]
         teacher_flags += ["--num_train_epochs", epochs(3), *common]
         print("MiniLM-6 teacher ...", flush=True)
-        path = folder / "teacher.json"
-        teacher = same_flags(once(path, run, teacher_flags, "finetune.py", folder / "teacher"), teacher_flags, path)
+        teacher = once(
+            folder / "teacher.json", run, teacher_flags, "finetune.py", folder / "teacher", flags=teacher_flags
+        )
         student = ["--teacher_name_or_path", str(folder / "teacher"), "--student_layers", args.student_layers]
         student += ["--teacher_cache_dir", str(folder / "teacher_cache"), *common]
 
         def train(system: str, name: str, flags: list[str], seed: int) -> dict:
             print(f"{system} / seed {seed} ...", flush=True)
             flags = [*flags, "--seed", str(seed)]
-            path = folder / f"{name}-{seed}.json"
-            row = same_flags(once(path, run, flags, "distill.py", folder / f"{name}-{seed}"), flags, path)
+            row = once(folder / f"{name}-{seed}.json", run, flags, "distill.py", folder / f"{name}-{seed}", flags=flags)
             return {"system": system, "seed": seed, **row}
 
         # labels only: the search on validation (seed --seed), then the chosen setting with every seed

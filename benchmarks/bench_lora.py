@@ -24,7 +24,6 @@ from _common import (
     paired_points,
     results_path,
     run_recipe,
-    same_flags,
     write_results,
 )
 from report import render_lora
@@ -105,10 +104,8 @@ def main() -> None:
                     print(f"{task} / {system} / seed {seed} ...", flush=True)
                     flags = [*common, "--seed", str(seed), *system_args]
                     name = f"{task}-{system.replace(' ', '_').replace('=', '')}-{seed}"
-                    path = folder / f"{name}.json"
-                    row = same_flags(
-                        once(path, run_system, task, TASKS[task]["args"], system, flags, folder / name), flags, path
-                    )
+                    path, out = folder / f"{name}.json", folder / name
+                    row = once(path, run_system, task, TASKS[task]["args"], system, flags, out, flags=flags)
                     rows.append({**row, "seed": seed})
                     write_results(output, {"quick": args.quick, "partial": True, "rows": rows})
     payload = {"quick": args.quick, "epochs": float(common[1]), "summary": summarise(rows), "rows": rows}

@@ -78,3 +78,13 @@ def test_every_domain_run_keeps_its_row_in_a_file_of_its_own(tmp_path):
     }
     assert len(files) == len(bench_domain.DIRECTIONS) * len(names) * 2
     assert all(f.name.endswith(("-42.json", "-43.json")) for f in files)
+
+
+def test_once_keeps_a_row_only_if_it_ran_with_the_same_flags(tmp_path):
+    from _common import once
+
+    path = tmp_path / "run.json"
+    first = once(path, lambda: {"args": ["--seed", "1"]}, flags=["--seed", "1"])
+    assert once(path, lambda: pytest.fail("a kept row is not run again"), flags=["--seed", "1"]) == first
+    with pytest.raises(SystemExit, match="run.json was run with `--seed 1`, not `--seed 2`"):
+        once(path, lambda: pytest.fail("a kept row is not run again"), flags=["--seed", "2"])
