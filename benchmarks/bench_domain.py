@@ -12,7 +12,8 @@ initialisation and order.
 The label-free choice (issue #27), fixed before these runs: DANN runs at every --domain_loss_weight x
 --target_im_weight (weight 0 with IM > 0 is information maximisation alone); per direction and seed, the
 setting with the lowest --criterion (default `dev_error`: Deep Embedded Validation's importance-weighted
-source-validation *error*; `dev_risk`, DEV's cross-entropy, charges confidence and so ranks the IM settings
+source-validation *error*, self-normalised and flattened to an effective sample size of >= 25% of the
+validation texts, see `nlptransfer.domain.deep_embedded_validation`; `dev_risk`, DEV's cross-entropy, charges confidence and so ranks the IM settings
 low, see the guide) is "dann (label-free choice)". The setting the recipe ships is the one with the best mean
 rank of the criterion over all directions and seeds. "Adversary beyond IM" pairs each DANN setting with the IM
 weight it shares at domain loss weight 0, per direction and seed. No target label enters any choice; target
@@ -187,6 +188,7 @@ def main() -> None:
                             "validation_accuracy": results["eval_accuracy"],
                             "dev_risk": results.get("dev_risk"),
                             "dev_error": results.get("dev_error"),
+                            **{key: results.get(key) for key in ("dev_ess", "dev_power", "dev_domain_log_loss")},
                             "train_runtime_s": results["train_runtime"],
                             "peak_rss_mib": results["peak_rss_mib"],
                             "args": [*extra, *flags],

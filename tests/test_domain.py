@@ -162,6 +162,8 @@ def test_recipe_dann_trains_scores_the_target_and_saves_a_plain_classifier(tiny_
     assert results["train_steps"] == 12 * 10  # 144 source + 160 target rows, batches of 2 x 16
     assert results["dev_risk"] == pytest.approx(results["dev_risk"]) and results["dev_risk"] > 0  # finite
     assert results["dev_error"] < 0.5  # the weighted 0-1 error of a classifier right on >= 80% of validation
+    assert 0 < results["dev_ess"] <= 1 and 0 <= results["dev_power"] <= 1
+    assert 0 <= results["dev_domain_log_loss"] <= 0.75  # held-out log-loss of the domain labels (ln 2: alike)
     classify = pipeline("text-classification", model=str(tmp_path / "dann"), device="cpu")
     rows = [json.loads(line) for line in Path(files["source"]).read_text().splitlines()]
     predicted = classify([row["text"] for row in rows])
@@ -198,3 +200,39 @@ def test_dev_risk_weights_the_validation_losses_toward_the_target():
     # the target looks like the hard rows: the estimate rises above the plain mean
     assert dev_risk(losses, torch.tensor([0.2, 0.2, 1.8, 1.8])) > float(losses.mean())
     assert dev_risk(losses, torch.tensor([1.8, 1.8, 0.2, 0.2])) < float(losses.mean())
+    # near-separable domains give weights over orders of magnitude; the published control-variate form went
+    # negative on such weights (-1.32 for a cross-entropy); the self-normalised one stays within the losses
+    weights = torch.tensor([4e4, 1e-3, 2e-3, 5.0])
+    assert float(losses.min()) <= dev_risk(losses, weights) <= float(losses.max())
+    assert dev_risk(losses, 7 * weights) == pytest.approx(dev_risk(losses, weights))  # scale-free
+
+
+def test_effective_sample_size_and_flattening():
+    from nlptransfer.domain import DEV_MIN_ESS, effective_sample_size, flatten_weights
+
+    assert effective_sample_size(torch.ones(10)) == pytest.approx(1.0)
+    assert effective_sample_size(torch.tensor([1.0] + [0.0] * 9)) == pytest.approx(0.1)  # one text carries it
+    even = torch.rand(100, generator=torch.Generator().manual_seed(0)) + 0.5
+    assert flatten_weights(even)[1] == 1.0 and torch.equal(flatten_weights(even)[0], even)  # healthy: untouched
+    # weights over 8 orders of magnitude, as on near-separable [CLS] states: flattened until ESS >= the floor
+    skewed = torch.logspace(-4, 4.6, 160)
+    assert effective_sample_size(skewed) < DEV_MIN_ESS
+    flat, power = flatten_weights(skewed)
+    assert 0 < power < 1 and effective_sample_size(flat) == pytest.approx(DEV_MIN_ESS, abs=1e-3)  # no flatter
+    torch.testing.assert_close(flat, skewed**power)
+    assert flatten_weights(torch.tensor([1.0] + [0.0] * 9))[1] == 0.0  # nothing overlaps: equal weights
+
+
+def test_domain_classifier_chooses_its_l2_on_held_out_domain_log_loss():
+    from nlptransfer.domain import DEV_L2, DomainClassifier, effective_sample_size
+
+    generator = torch.Generator().manual_seed(0)
+    source, same = torch.randn(300, 40, generator=generator), torch.randn(300, 40, generator=generator)
+    alike = DomainClassifier.fit(source, same)  # one distribution: nothing to tell apart, so the strongest L2
+    assert alike.l2 == max(DEV_L2) and alike.heldout_log_loss == pytest.approx(0.693, abs=0.02)
+    assert effective_sample_size(alike.ratio(source)) > 0.9
+    shifted = torch.randn(300, 40, generator=generator)
+    shifted[:, :3] += 3.0  # far apart on three axes: easy to tell apart, a weak L2 fits best
+    apart = DomainClassifier.fit(source, shifted)
+    assert apart.l2 < max(DEV_L2) and apart.heldout_log_loss < 0.2
+    assert apart.components.shape == (40, 16)  # the top 16 principal components of both sets

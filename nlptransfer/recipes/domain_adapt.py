@@ -19,6 +19,7 @@ risk from source validation losses weighted by how target-like each text is (no 
 and `dev_error`, the same estimate of the target *error* (0-1 loss): lower is better, so settings (e.g.
 --domain_loss_weight) can be chosen by them. `dev_risk` ranks settings with information maximisation
 poorly (they are more confident, so their weighted source cross-entropy is higher); `dev_error` does not.
+`dev_ess`, `dev_power` and `dev_domain_log_loss` say how much an estimate rests on (see the guide).
 The target test rows give `test_*`; the source test rows give `source_test_*`.
 """
 
