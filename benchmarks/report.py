@@ -429,6 +429,26 @@ def render_domain(name: str, data: dict) -> str:
             f"Mean rank by `{choice['criterion']}` over directions and seeds (1 = best): {ranks}. The label-free "
             f"choice is **`{choice['best']}`**; the recipe's defaults when this ran: `{choice['shipped_now']}`."
         )
+    diagnosed = [r for r in data["rows"] if r.get("dev_ess") is not None and not r.get("chosen")]
+    if diagnosed:  # how much each DEV figure rests on (rows from before the flattening lack these)
+        cells = []
+        for method in dict.fromkeys(r["method"] for r in diagnosed):
+            own = [r for r in diagnosed if r["method"] == method]
+            ess, power = (statistics.mean(r[k] for r in own) for k in ("dev_ess", "dev_power"))
+            cells.append(f"`{method}` {100 * ess:.1f}% / {power:.2f}")
+        parts.append(
+            "DEV's raw weights, mean effective sample size (share of the validation texts) / flattening power "
+            "that keeps it at 25% (1: none, 0: plain source validation): " + ", ".join(cells) + "."
+        )
+    kinds = {}
+    for row in data["rows"]:
+        if row.get("machine") and not row.get("chosen"):
+            kind = ", ".join(row["machine"].get("cpu_flags") or ["no AVX flags"])
+            kinds[kind] = kinds.get(kind, 0) + 1
+    if len(kinds) > 1:
+        parts.append(
+            "Rows ran on CPUs of more than one kind: " + "; ".join(f"{k}: {n}" for k, n in kinds.items()) + "."
+        )
     if data.get("paired"):
         table = [
             [f"{c['method']} − {c['baseline']}", c["pairs"], f"{c['mean_points']:+.2f} ± {c['std_points']:.2f}"]

@@ -88,3 +88,20 @@ def test_once_keeps_a_row_only_if_it_ran_with_the_same_flags(tmp_path):
     assert once(path, lambda: pytest.fail("a kept row is not run again"), flags=["--seed", "1"]) == first
     with pytest.raises(SystemExit, match="run.json was run with `--seed 1`, not `--seed 2`"):
         once(path, lambda: pytest.fail("a kept row is not run again"), flags=["--seed", "2"])
+
+
+def test_domain_report_says_what_dev_rests_on_and_where_rows_ran():
+    from report import render_domain
+
+    avx2, bf16 = {"cpu_flags": ["avx2"]}, {"cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}
+    rows = [
+        domain_row("a -> b", "source_only", 1, 0.8, 0.2) | {"dev_ess": 0.01, "dev_power": 0.2, "machine": avx2},
+        domain_row("a -> b", "dann 0.03", 1, 0.8, 0.1) | {"dev_ess": 0.30, "dev_power": 1.0, "machine": bf16},
+        domain_row("a -> b", "target_only", 1, 0.9, None) | {"dev_ess": None, "machine": bf16},
+    ]
+    summary = [{"direction": "a -> b", "method": r["method"], "mean": 0.8, "std": None, "scores": [0.8]} for r in rows]
+    text = render_domain("domain.json", {"rows": rows, "summary": summary})
+    assert "`source_only` 1.0% / 0.20, `dann 0.03` 30.0% / 1.00." in text
+    assert "more than one kind: avx2: 1; avx2, avx512f, avx512_bf16: 2." in text
+    one_kind = render_domain("domain.json", {"rows": [{**r, "machine": avx2} for r in rows], "summary": summary})
+    assert "more than one kind" not in one_kind
