@@ -8,6 +8,7 @@ train the classifier, and whether unlabelled target text joins adversarially.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -267,10 +268,14 @@ class DomainClassifier:
         weight, bias = _logistic_regression(x, y, l2)
         return cls(mean, std, components, weight, bias, l2, heldout[l2], len(source) / len(target))
 
+    def log_ratio(self, points: torch.Tensor) -> torch.Tensor:
+        """log p_target(x) / p_source(x) at `points`: log prior + the classifier's log-odds (float64)."""
+        log_odds = ((points.double() - self.mean) / self.std) @ self.components @ self.weight + self.bias
+        return math.log(self.prior) + log_odds
+
     def ratio(self, points: torch.Tensor) -> torch.Tensor:
         """p_target(x) / p_source(x) at `points`: prior * P(target | x) / P(source | x)."""
-        log_odds = ((points.double() - self.mean) / self.std) @ self.components @ self.weight + self.bias
-        return (self.prior * log_odds.exp()).float()
+        return self.log_ratio(points).exp()
 
 
 def _logistic_regression(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,18 +306,24 @@ def effective_sample_size(weights: torch.Tensor) -> float:
     return float(weights.sum() ** 2 / weights.pow(2).sum() / len(weights))
 
 
-def flatten_weights(weights: torch.Tensor, min_ess: float = DEV_MIN_ESS) -> tuple[torch.Tensor, float]:
-    """(weights ** power, power) with the largest power in [0, 1] whose weights keep an effective sample size
-    of at least `min_ess` (bisection: the ESS of w ** p falls as p grows). Flattened importance weights
-    (Shimodaira 2000) trade the estimate's bias for variance where source and target overlap little;
-    power 0 is equal weights, i.e. the plain source-validation estimate."""
-    if effective_sample_size(weights) >= min_ess:
-        return weights, 1.0
+def flatten_weights(log_weights: torch.Tensor, min_ess: float = DEV_MIN_ESS) -> tuple[torch.Tensor, float]:
+    """(weights ** power, power), from log importance weights (so none overflows or underflows to 0 before it
+    is flattened; scaled to a maximum of 1), with the largest power in [0, 1] that keeps an effective sample
+    size of at least `min_ess` (bisection: the ESS of w ** p falls as p grows). Flattened importance weights
+    (Shimodaira 2000) trade the estimate's bias for variance where source and target overlap little; power 0
+    is equal weights, i.e. the plain source-validation estimate."""
+    log_weights = log_weights.double() - log_weights.max()
+
+    def flattened(power: float) -> torch.Tensor:
+        return (power * log_weights).exp() if power > 0 else torch.ones_like(log_weights)
+
+    if effective_sample_size(flattened(1.0)) >= min_ess:
+        return flattened(1.0), 1.0
     low, high = 0.0, 1.0
     for _ in range(30):
         middle = (low + high) / 2
-        low, high = (middle, high) if effective_sample_size(weights**middle) >= min_ess else (low, middle)
-    return weights**low, low
+        low, high = (middle, high) if effective_sample_size(flattened(middle)) >= min_ess else (low, middle)
+    return flattened(low), low
 
 
 def dev_risk(losses: torch.Tensor, weights: torch.Tensor) -> float:
@@ -341,12 +352,12 @@ def deep_embedded_validation(
     states, logits = embed(model, validation.features, collator, batch_size)
     labels = torch.tensor(validation.feature_labels)
     domains = DomainClassifier.fit(source_states, target_states)
-    raw = domains.ratio(states)
-    weights, power = flatten_weights(raw, min_ess)
+    log_ratio = domains.log_ratio(states)  # in the hundreds where domains separate: exp() would overflow
+    weights, power = flatten_weights(log_ratio, min_ess)
     return {
         "dev_risk": dev_risk(F.cross_entropy(logits, labels, reduction="none"), weights),
         "dev_error": dev_risk((logits.argmax(-1) != labels).float(), weights),
-        "dev_ess": effective_sample_size(raw),
+        "dev_ess": effective_sample_size((log_ratio - log_ratio.max()).exp()),
         "dev_power": power,
         "dev_domain_log_loss": domains.heldout_log_loss,
     }

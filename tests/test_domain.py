@@ -189,7 +189,7 @@ def test_density_ratio_recovers_a_known_ratio():
     target[:, 0] += 1.0
     points = torch.tensor([[-1.0, 0.0, 0.0], [0.5, 0.0, 0.0], [2.0, 0.0, 0.0]])
     ratio = density_ratio(source, target, points)
-    torch.testing.assert_close(ratio.log(), points[:, 0] - 0.5, atol=0.15, rtol=0)
+    torch.testing.assert_close(ratio.log().float(), points[:, 0] - 0.5, atol=0.15, rtol=0)
 
 
 def test_dev_risk_weights_the_validation_losses_toward_the_target():
@@ -213,14 +213,33 @@ def test_effective_sample_size_and_flattening():
     assert effective_sample_size(torch.ones(10)) == pytest.approx(1.0)
     assert effective_sample_size(torch.tensor([1.0] + [0.0] * 9)) == pytest.approx(0.1)  # one text carries it
     even = torch.rand(100, generator=torch.Generator().manual_seed(0)) + 0.5
-    assert flatten_weights(even)[1] == 1.0 and torch.equal(flatten_weights(even)[0], even)  # healthy: untouched
+    flat, power = flatten_weights(even.log())
+    assert power == 1.0 and torch.allclose(flat, (even / even.max()).double())  # healthy weights: untouched
     # weights over 8 orders of magnitude, as on near-separable [CLS] states: flattened until ESS >= the floor
-    skewed = torch.logspace(-4, 4.6, 160)
+    skewed = torch.logspace(-4, 4.6, 160, dtype=torch.float64)
     assert effective_sample_size(skewed) < DEV_MIN_ESS
-    flat, power = flatten_weights(skewed)
+    flat, power = flatten_weights(skewed.log())
     assert 0 < power < 1 and effective_sample_size(flat) == pytest.approx(DEV_MIN_ESS, abs=1e-3)  # no flatter
-    torch.testing.assert_close(flat, skewed**power)
-    assert flatten_weights(torch.tensor([1.0] + [0.0] * 9))[1] == 0.0  # nothing overlaps: equal weights
+    torch.testing.assert_close(flat / flat.sum(), skewed**power / (skewed**power).sum())
+    assert flatten_weights(torch.tensor([0.0] + [-1e4] * 9))[1] < 1e-3  # one text carries it: near-equal weights
+
+
+def test_dev_survives_log_ratios_beyond_floating_point_range(monkeypatch):
+    """Separable domains give log-odds in the hundreds: exp() of them overflows float32 at 89 and float64 at 709;
+    DEV scales the weights to a maximum of 1 in log space first, so its estimate stays finite and in range."""
+    from types import SimpleNamespace
+
+    from nlptransfer import domain
+
+    log_ratio = torch.tensor([900.0, 880.0] + [0.0] * 5 + [-50.0], dtype=torch.float64)
+    fitted = SimpleNamespace(log_ratio=lambda points: log_ratio, heldout_log_loss=0.01)
+    monkeypatch.setattr(domain.DomainClassifier, "fit", lambda *args, **kwargs: fitted)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]] * 4)  # right, wrong, right, wrong, ... for label 0
+    monkeypatch.setattr(domain, "embed", lambda *args, **kwargs: (torch.zeros(8, 3), logits))
+    validation = SimpleNamespace(features=[{}] * 8, feature_labels=[0] * 8)
+    results = domain.deep_embedded_validation(None, None, validation, validation, validation)
+    assert results["dev_ess"] == pytest.approx(1 / 8)  # one text carries the raw weights: flattened to 1/4
+    assert 0 < results["dev_power"] < 1 and 0 < results["dev_error"] < 1 and math.isfinite(results["dev_risk"])
 
 
 def test_domain_classifier_chooses_its_l2_on_held_out_domain_log_loss():
