@@ -1,9 +1,11 @@
 """Domain adaptation on Amazon reviews (books <-> kitchen) with MiniLM: source-only vs DANN settings chosen
 without target labels, with in-domain training as the ceiling, over five seeds, side by side in one run.
 
-    python benchmarks/bench_domain.py --workdir benchmarks/results/domain_runs  # 62 runs of ~200 s (~3.5 h); resumes
+    python benchmarks/bench_domain.py --workdir benchmarks/results/domain_runs  # 62 runs; resumes
     python benchmarks/bench_domain.py --quick    # 1 seed, 1 epoch, 64 tokens, 2 settings: a smoke run
 
+62 runs: ~200 s each with bf16 on a 2-core CPU with AVX512-BF16 (~3.5 h); in fp32 on a 2-core AVX2-only
+EPYC, 5 min (source-only), 7.5-9 min (DANN) and 4 min (ceiling) each, ~47 min per direction and seed (~8 h).
 Each run is `recipes/domain_adapt.py` in its own process: each domain split 1,600 / 400 by
 --split_seed (the same split for every method and seed), model selection on a held-out 10% of the
 labelled training domain (never target labels, except for the in-domain ceiling). The seed varies
@@ -101,6 +103,19 @@ def row_file(folder: Path) -> Path:
     return folder.parent / f"{folder.name}.json"
 
 
+def same_cpu_kind(group: list[dict]) -> None:
+    """Stop before a run would join kept rows of its direction and seed made on another kind of CPU (bf16 is
+    picked only where the CPU has AMX or AVX512-BF16): settings are compared within a direction and seed."""
+    here = machine()["cpu_flags"]
+    other = [r for r in group if r["machine"]["cpu_flags"] != here]
+    if other:
+        raise SystemExit(
+            f"{len(other)} kept run(s) of {other[0]['direction']}, seed {other[0]['seed']} ran on a CPU with "
+            f"{other[0]['machine']['cpu_flags']}, this one has {here}: finish that direction and seed on such a "
+            "CPU, or delete its rows (<run>.json) to rerun them all here"
+        )
+
+
 def main() -> None:
     from nlptransfer.domain import DomainArguments  # what the recipe ships now, to compare the choice with
 
@@ -176,6 +191,7 @@ def main() -> None:
                         print(f"{source} -> {target} / {name} / seed {seed}: kept in {done}", flush=True)
                         rows.append(row)
                         continue
+                    same_cpu_kind([r for r in rows if r["seed"] == seed and r["direction"] == f"{source} -> {target}"])
                     print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
                     results = run(source, target, method, seed, [*extra, *flags], out)
                     rows.append(

@@ -105,3 +105,11 @@ def test_domain_report_says_what_dev_rests_on_and_where_rows_ran():
     assert "more than one kind: avx2: 1; avx2, avx512f, avx512_bf16: 2." in text
     one_kind = render_domain("domain.json", {"rows": [{**r, "machine": avx2} for r in rows], "summary": summary})
     assert "more than one kind" not in one_kind
+
+
+def test_domain_runs_of_one_direction_and_seed_stay_on_one_kind_of_cpu(monkeypatch):
+    monkeypatch.setattr(bench_domain, "machine", lambda: {"cpu_flags": ["avx2"]})
+    row = domain_row("a -> b", "dann 0.03", 42, 0.8, 0.1)
+    bench_domain.same_cpu_kind([row | {"machine": {"cpu_flags": ["avx2"]}}])  # the same kind: runs on
+    with pytest.raises(SystemExit, match="a -> b, seed 42 ran on a CPU with \\['avx2', 'avx512_bf16'\\]"):
+        bench_domain.same_cpu_kind([row | {"machine": {"cpu_flags": ["avx2", "avx512_bf16"]}}])
