@@ -15,12 +15,13 @@ The label-free choice (issue #27), fixed before these runs: DANN runs at every -
 --target_im_weight (weight 0 with IM > 0 is information maximisation alone); per direction and seed, the
 setting with the lowest --criterion (default `dev_error`: Deep Embedded Validation's importance-weighted
 source-validation *error*, self-normalised and flattened to an effective sample size of >= 25% of the
-validation texts, see `nlptransfer.domain.deep_embedded_validation`; `dev_risk`, DEV's cross-entropy, charges confidence and so ranks the IM settings
-low, see the guide) is "dann (label-free choice)". The setting the recipe ships is the one with the best mean
-rank of the criterion over all directions and seeds. "Adversary beyond IM" pairs each DANN setting with the IM
-weight it shares at domain loss weight 0, per direction and seed. No target label enters any choice; target
-test accuracy is only reported. --workdir keeps each run's row (`<run>.json`, committed) beside its folder
-(gitignored), and a second invocation resumes. Writes benchmarks/results/domain[_quick].json and prints
+validation texts, see `nlptransfer.domain.deep_embedded_validation`; `dev_risk`, DEV's cross-entropy,
+charges confidence and so ranks the IM settings low, see the guide) is "dann (label-free choice)". The
+setting the recipe ships is the one with the best mean rank of the criterion over all directions and seeds.
+"Adversary beyond IM" pairs each DANN setting with the IM weight it shares at domain loss weight 0, per
+direction and seed. No target label enters any choice; target test accuracy is only reported. --workdir
+keeps each run's row (`<run>.json`, committed) beside its folder (gitignored), and a second invocation
+resumes. Writes benchmarks/results/domain[_quick].json and prints
 markdown tables.
 """
 
