@@ -25,12 +25,11 @@ resumes. Writes benchmarks/results/domain[_quick].json and prints
 markdown tables.
 """
 
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from _common import DATA, benchmark_parser, machine, mean_std, results_path, run_recipe, same_flags, write_results
+from _common import DATA, benchmark_parser, machine, mean_std, once, results_path, run_recipe, write_results
 from report import render_domain
 
 AMAZON = DATA / "amazon_multidomain"
@@ -117,6 +116,27 @@ def same_cpu_kind(group: list[dict]) -> None:
         )
 
 
+def train(source: str, target: str, name: str, method: str, seed: int, flags: list[str], out: Path, group) -> dict:
+    """One run's row (`once` saves it, with the machine): `group` holds the kept rows of its direction and seed."""
+    same_cpu_kind(group)
+    print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
+    results = run(source, target, method, seed, flags, out)
+    return {
+        "direction": f"{source} -> {target}",
+        "method": name,
+        "seed": seed,
+        "target_accuracy": results["test_accuracy"],
+        "source_accuracy": results["source_test_accuracy"],
+        "validation_accuracy": results["eval_accuracy"],
+        "dev_risk": results.get("dev_risk"),
+        "dev_error": results.get("dev_error"),
+        **{key: results.get(key) for key in ("dev_ess", "dev_power", "dev_domain_log_loss")},
+        "train_runtime_s": results["train_runtime"],
+        "peak_rss_mib": results["peak_rss_mib"],
+        "args": flags,
+    }
+
+
 def main() -> None:
     from nlptransfer.domain import DomainArguments  # what the recipe ships now, to compare the choice with
 
@@ -185,34 +205,11 @@ def main() -> None:
         for seed in seeds:
             for source, target in DIRECTIONS:
                 for name, method, flags in [s for s in systems if s[1] != "target_only" or seed == seeds[0]]:
-                    out = run_folder(Path(args.workdir or scratch), source, target, name, seed)
-                    done = row_file(out)
-                    if done.is_file():
-                        row = same_flags(json.loads(done.read_text()), [*extra, *flags], done)
-                        print(f"{source} -> {target} / {name} / seed {seed}: kept in {done}", flush=True)
-                        rows.append(row)
-                        continue
-                    same_cpu_kind([r for r in rows if r["seed"] == seed and r["direction"] == f"{source} -> {target}"])
-                    print(f"running {source} -> {target} / {name} / seed {seed} ...", flush=True)
-                    results = run(source, target, method, seed, [*extra, *flags], out)
+                    out, flags = run_folder(Path(args.workdir or scratch), source, target, name, seed), [*extra, *flags]
+                    group = [r for r in rows if (r["direction"], r["seed"]) == (f"{source} -> {target}", seed)]
                     rows.append(
-                        {
-                            "direction": f"{source} -> {target}",
-                            "method": name,
-                            "seed": seed,
-                            "target_accuracy": results["test_accuracy"],
-                            "source_accuracy": results["source_test_accuracy"],
-                            "validation_accuracy": results["eval_accuracy"],
-                            "dev_risk": results.get("dev_risk"),
-                            "dev_error": results.get("dev_error"),
-                            **{key: results.get(key) for key in ("dev_ess", "dev_power", "dev_domain_log_loss")},
-                            "train_runtime_s": results["train_runtime"],
-                            "peak_rss_mib": results["peak_rss_mib"],
-                            "args": [*extra, *flags],
-                            "machine": machine(),
-                        }
+                        once(row_file(out), train, source, target, name, method, seed, flags, out, group, flags=flags)
                     )
-                    done.write_text(json.dumps(rows[-1], indent=2) + "\n")
                     write_results(output, {"partial": True, "args": extra, "rows": rows})
 
     methods = [name for name, _, _ in systems]

@@ -294,11 +294,6 @@ def _logistic_regression(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[t
     return weight.detach(), bias.detach()
 
 
-def density_ratio(source: torch.Tensor, target: torch.Tensor, points: torch.Tensor, **options) -> torch.Tensor:
-    """p_target(x) / p_source(x) at `points`, from a `DomainClassifier` fitted on `source` vs `target`."""
-    return DomainClassifier.fit(source, target, **options).ratio(points)
-
-
 def effective_sample_size(weights: torch.Tensor) -> float:
     """Kish's effective sample size of importance weights, as a share of their count: 1 for equal weights,
     1/n when one example carries all the weight."""

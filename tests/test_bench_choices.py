@@ -113,3 +113,18 @@ def test_domain_runs_of_one_direction_and_seed_stay_on_one_kind_of_cpu(monkeypat
     bench_domain.same_cpu_kind([row | {"machine": {"cpu_flags": ["avx2"]}}])  # the same kind: runs on
     with pytest.raises(SystemExit, match="a -> b, seed 42 ran on a CPU with \\['avx2', 'avx512_bf16'\\]"):
         bench_domain.same_cpu_kind([row | {"machine": {"cpu_flags": ["avx2", "avx512_bf16"]}}])
+
+
+def test_domain_run_row_is_saved_once_and_kept_on_resume(monkeypatch, tmp_path):
+    from _common import once
+
+    results = {"test_accuracy": 0.8, "source_test_accuracy": 0.9, "eval_accuracy": 0.85, "dev_error": 0.1}
+    results |= {"dev_risk": 0.3, "dev_ess": 0.01, "train_runtime": 5.0, "peak_rss_mib": 100.0}
+    monkeypatch.setattr(bench_domain, "run", lambda *args: results)
+    monkeypatch.setattr(bench_domain, "same_cpu_kind", lambda group: None)
+    path, flags = tmp_path / "a-b-dann0.03-1.json", ["--domain_loss_weight", "0.03"]
+    args = ("a", "b", "dann 0.03", "dann", 1, flags, tmp_path / "a-b-dann0.03-1", [])
+    row = once(path, bench_domain.train, *args, flags=flags)
+    assert row["direction"] == "a -> b" and row["dev_ess"] == 0.01 and row["dev_power"] is None and "machine" in row
+    monkeypatch.setattr(bench_domain, "run", lambda *args: pytest.fail("a kept run is not trained again"))
+    assert once(path, bench_domain.train, *args, flags=flags) == row

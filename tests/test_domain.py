@@ -179,8 +179,8 @@ def test_recipe_takes_an_unlabelled_target_and_refuses_target_only_without_label
 
 
 # ---- Deep Embedded Validation: choosing settings without target labels ---------------------------
-def test_density_ratio_recovers_a_known_ratio():
-    from nlptransfer.domain import density_ratio
+def test_domain_classifier_recovers_a_known_density_ratio():
+    from nlptransfer.domain import DomainClassifier
 
     # source N(0, 1), target N(1, 1) on the first axis, noise elsewhere: p_t / p_s = exp(x - 1/2)
     generator = torch.Generator().manual_seed(0)
@@ -188,7 +188,7 @@ def test_density_ratio_recovers_a_known_ratio():
     target = torch.randn(4000, 3, generator=generator)
     target[:, 0] += 1.0
     points = torch.tensor([[-1.0, 0.0, 0.0], [0.5, 0.0, 0.0], [2.0, 0.0, 0.0]])
-    ratio = density_ratio(source, target, points)
+    ratio = DomainClassifier.fit(source, target).ratio(points)
     torch.testing.assert_close(ratio.log().float(), points[:, 0] - 0.5, atol=0.15, rtol=0)
 
 
