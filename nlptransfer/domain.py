@@ -56,8 +56,8 @@ class DomainArguments:
         default=0.03,
         metadata={
             "help": "Weight of the domain classifier's loss (and so of the reversed gradient). The paper's 1.0 "
-            "collapsed Amazon books->kitchen to chance with MiniLM. The default is the label-free choice (DEV) among "
-            "0.03 and 0.1 in benchmarks/bench_domain.py, settled once its five seeds are in (issue #27)."
+            "collapsed Amazon books->kitchen to chance with MiniLM. The default 0.03 is provisional: the label-free (DEV) "
+            "choice of benchmarks/bench_domain.py replaces it once its five seeds are in (issue #27)."
         },
     )
     grl_gamma: float = field(
