@@ -15,6 +15,14 @@ os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR",
     str(Path.home() / ".cache" / "torch_extensions" / f"env-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}"),
 )
+# The suite runs on pytest-xdist workers, one per core (`-n logical` in pyproject.toml). Each worker is pinned to a
+# core of its own, and so is every process it starts: a recipe sizes its torch threads by its affinity mask
+# (`cpu_cores`), so it takes one thread. Two unpinned workers each starting a two-thread recipe on two cores made
+# every OpenMP barrier wait for a descheduled sibling: 20-50x slower steps (see `one_torch_thread`).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
+    _cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cores[int(_WORKER[2:]) % len(_cores)]})
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
@@ -96,6 +104,17 @@ def tiny_bert_config(**overrides):
 
     settings = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
     return BertConfig(**{**settings, "intermediate_size": 37, "max_position_embeddings": 64, **overrides})
+
+
+LONG = ("slow", "integration", "distributed")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests first, and with them their files (pytest-xdist's `--dist loadfile` hands out whole files in
+    the order of their first test), so that no worker starts a minutes-long file while the other runs out of
+    work. (`--dist loadgroup` with a group per file, but test_sharded.py's tests spread, would balance better:
+    pytest-xdist 3.8 does not apply its groups under pytest 9.2, whose nodes keep their id in `_id`.)"""
+    items.sort(key=lambda item: not any(item.get_closest_marker(mark) for mark in LONG))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -189,6 +208,15 @@ def concurrently(*calls):
     with ThreadPoolExecutor(max(1, min(len(calls), cpu_cores()))) as pool:
         futures = [pool.submit(call) for call in calls]
         return [future.result() for future in futures]
+
+
+def free_port() -> int:
+    """A port for `accelerate launch --main_process_port`: tests run in parallel, so none is fixed."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ def test_runner_records_failures_time_outs_and_skips_and_goes_on(tmp_path, monke
         "too_slow": gpu_check.Check(fake("sleep"), 1),
         "gpu_only": gpu_check.Check(fake("ok"), 10, needs_gpu=True),
         "fine": gpu_check.Check(fake("ok"), 10),
+        "fine_again": gpu_check.Check(fake("fail"), 10, dry_run_as="fine"),  # not run: it would fail
     }
     monkeypatch.setattr(gpu_check, "CHECKS", checks)
     mode = dataclasses.replace(gpu_check.DRY, limit_scale=1.0)  # the limits as the GPU machine has them
@@ -39,17 +40,18 @@ def test_runner_records_failures_time_outs_and_skips_and_goes_on(tmp_path, monke
     start = time.monotonic()
     outcomes = gpu_check.run_checks(ctx, list(checks), budget_s=60, save=saved.append)
     assert time.monotonic() - start < 15  # the sleeping process was killed at its limit
-    assert [o["status"] for o in outcomes.values()] == ["failed", "failed", "skipped", "passed"]
+    assert [o["status"] for o in outcomes.values()] == ["failed", "failed", "skipped", "passed", "skipped"]
     assert outcomes["fails"]["error"] == "RuntimeError: boom"
     assert outcomes["too_slow"]["error"].startswith("TimeoutError: over its time limit")
-    assert outcomes["gpu_only"]["reason"] == "dry run: needs a GPU" and len(saved) == 4
+    assert outcomes["gpu_only"]["reason"] == "dry run: needs a GPU" and len(saved) == 5
+    assert outcomes["fine_again"]["reason"] == "dry run: fine with the same tiny model"
     table = gpu_check.table(outcomes)
     assert "| gpu_only | skipped (dry run: needs a GPU) |" in table and "| fine | passed | 0 / 10 | fine |" in table
     # a dry run on a CPU checks the bookkeeping, not the time: its limits are wider; the GPU run's are as written
     assert gpu_check.DRY.limit_scale > 1 and gpu_check.REAL.limit_scale == 1
 
 
-@pytest.mark.slow  # about 70-100 s on two cores
+@pytest.mark.slow  # 243 s on two cores (six checks, each fresh processes; one core under xdist)
 def test_dry_run_passes_on_a_cpu(tmp_path):
     output = tmp_path / "gpu_check_dry.json"
     command = [str(REPO / "scripts" / "gpu_check.sh"), "--dry_run", "--output", str(output)]
@@ -62,10 +64,12 @@ def test_dry_run_passes_on_a_cpu(tmp_path):
     checks = report["checks"]
     assert list(checks) == list(gpu_check.CHECKS)
     for name, check in checks.items():
-        expected = "skipped" if gpu_check.CHECKS[name].needs_gpu else "passed"
+        skip = gpu_check.CHECKS[name].needs_gpu or gpu_check.CHECKS[name].dry_run_as
+        expected = "skipped" if skip else "passed"
         assert check["status"] == expected, f"{name}: {check}"
         assert check["commands"] or expected == "skipped"
     assert checks["fsdp"]["reason"] == "dry run: needs a GPU"
+    assert checks["speed_mpnet"]["reason"] == "dry run: speed_minilm with the same tiny model"
     zero3 = checks["zero3"]
     assert (zero3["train_distributed_type"], zero3["train_zero_stage"], zero3["train_num_processes"]) == (
         "DEEPSPEED",

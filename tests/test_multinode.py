@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 pytestmark = pytest.mark.distributed
 
 TIMEOUT_S = 240  # both machines together; a run takes 15-30 s on two cores
 EPOCHS = {"num_train_epochs": 8, "per_device_train_batch_size": 8}  # as tests/test_distributed.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_machine(rank: int, port: int, config: Path, logs: Path) -> tuple[subprocess.Popen, Path, Path]:

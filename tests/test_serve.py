@@ -177,6 +177,9 @@ def test_info_health_and_metrics(server):
     assert info["limits"]["max_texts_per_request"] == 16 and info["batching"]["max_wait_ms"] == 20
     assert sorted(info["models"][0]["model_type"]["classifier"]["label2id"]) == ["food", "sport", "tech"]
     assert server.get("/models/ner/info").json()["tasks"][0]["kind"] == "ner"
+    # its own requests: the counters must not depend on which tests ran before on this server
+    assert server.post("/predict", json={"inputs": TEXTS[0]}).status_code == 200
+    assert server.post("/models/nope/predict", json={"inputs": "x"}).status_code == 404
     metrics = server.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text

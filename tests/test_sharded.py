@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, recipe_args
+from conftest import REPO, free_port, recipe_args
 from test_adapters import LORA
 from test_distill import distill_args, narrow_model  # noqa: F401, F811 (a fixture)
 
@@ -66,7 +66,7 @@ def launch(config: str | Path, recipe: str, args: list[str], cpu: bool = False) 
     """`accelerate launch --config_file <config>` of a recipe on two CPU processes. DeepSpeed must not see
     ACCELERATE_USE_CPU (it would silently run plain DDP); DDP needs it (`cpu`)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config)]
-    command += ["--main_process_port", "29517", str(REPO / "recipes" / recipe), *args]
+    command += ["--main_process_port", str(free_port()), str(REPO / "recipes" / recipe), *args]
     env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
     env.update(HF_HUB_OFFLINE="1", **({"ACCELERATE_USE_CPU": "1"} if cpu else {}))
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
