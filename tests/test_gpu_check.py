@@ -51,7 +51,7 @@ def test_runner_records_failures_time_outs_and_skips_and_goes_on(tmp_path, monke
     assert gpu_check.DRY.limit_scale > 1 and gpu_check.REAL.limit_scale == 1
 
 
-@pytest.mark.slow  # 243 s on two cores (six checks, each fresh processes; one core under xdist)
+@pytest.mark.slow  # 176 s on one core of an AVX2 EPYC (CI, under xdist): five checks, each in fresh processes
 def test_dry_run_passes_on_a_cpu(tmp_path):
     output = tmp_path / "gpu_check_dry.json"
     command = [str(REPO / "scripts" / "gpu_check.sh"), "--dry_run", "--output", str(output)]
