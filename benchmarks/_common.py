@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,13 @@ TASKS = {
         ],
     },
 }
+
+
+def free_port() -> int:
+    """A free local port for `accelerate launch --main_process_port` (runs and tests side by side need their own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_recipe(recipe: str, args: list[str], output_dir: Path) -> dict:

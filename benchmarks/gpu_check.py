@@ -27,7 +27,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import yaml
 
 from nlptransfer.config import expand_variables
 
-from _common import DATA, ROOT, benchmark_parser, markdown_table, results_path, write_results
+from _common import DATA, ROOT, benchmark_parser, free_port, markdown_table, results_path, write_results
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -154,12 +153,6 @@ def base_env(dry_run: bool) -> dict:
     if dry_run:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's ops on the CPU (start_run picks the gloo backend)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(ctx: Context, recipe: str, args: list[str], config: str | None = None) -> dict:

@@ -18,7 +18,7 @@ os.environ.setdefault(
 # The suite runs on pytest-xdist workers, one per core (`-n logical` in pyproject.toml). Each worker is pinned to a
 # core of its own, and so is every process it starts: a recipe sizes its torch threads by its affinity mask
 # (`cpu_cores`), so it takes one thread. Two unpinned workers each starting a two-thread recipe on two cores made
-# every OpenMP barrier wait for a descheduled sibling: 20-50x slower steps (see `one_torch_thread`).
+# every OpenMP barrier wait for a descheduled sibling: 15-50x slower steps (see `one_torch_thread`).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
     _cores = sorted(os.sched_getaffinity(0))
@@ -208,15 +208,6 @@ def concurrently(*calls):
     with ThreadPoolExecutor(max(1, min(len(calls), cpu_cores()))) as pool:
         futures = [pool.submit(call) for call in calls]
         return [future.result() for future in futures]
-
-
-def free_port() -> int:
-    """A port for `accelerate launch --main_process_port`: tests run in parallel, so none is fixed."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

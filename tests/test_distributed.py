@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, free_port, recipe_args
+from _common import free_port
+from conftest import REPO, recipe_args
 
 
 def launch(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from _common import free_port
+from conftest import REPO
 
 pytestmark = pytest.mark.distributed
 

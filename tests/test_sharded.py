@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, free_port, recipe_args
+from _common import free_port
+from conftest import REPO, recipe_args
 from test_adapters import LORA
 from test_distill import distill_args, narrow_model  # noqa: F401, F811 (a fixture)
 
