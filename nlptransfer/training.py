@@ -17,6 +17,7 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
+from accelerate.scheduler import AcceleratedScheduler
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
@@ -246,6 +247,10 @@ class Trainer:
         self.best_dir = self.checkpoint_dir / "best_model"
         self.state = TrainState()
         accelerator.register_for_checkpointing(self.state)
+        if not isinstance(scheduler, AcceleratedScheduler):
+            # under DeepSpeed, `prepare` hands back a schedule prepared apart from the model as it was, and
+            # `save_state` leaves it out: a resumed run restarted its warm-up and decay from step 0
+            accelerator.register_for_checkpointing(scheduler)
         self.loss_total: torch.Tensor | None = None  # during `train`: state.train_loss_sum, kept on the device
         self.last_logged = (0.0, 0)  # (train_loss_sum, train_loss_count) at the previous loss log
 

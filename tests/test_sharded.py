@@ -119,44 +119,31 @@ def test_zero_multitask_on_two_cpu_processes_selects_saves_and_reloads(
     assert reloaded_topic_accuracy(tmp_path / "mtl", cls_files["test"]) == results["test_topic_accuracy"]
 
 
-def test_deepspeed_follows_the_same_lr_schedule_as_ddp(tiny_model, cls_files, tmp_path):
-    """DeepSpeed steps the LR scheduler once per update where accelerate steps it once per process: the same
-    run (linear warm-up and decay) under DDP and ZeRO-2 ends with the same weights, up to float rounding."""
+def test_zero2_follows_ddp_lr_schedule_and_resumes_from_its_checkpoint_exactly(tiny_model, cls_files, tmp_path):
+    """One 12-step run (linear warm-up and decay) under DDP and under ZeRO-2, and the ZeRO-2 run again from its
+    step-6 checkpoint (DeepSpeed engine, optimizer partitions, scheduler, RNG, data position):
+    - DeepSpeed steps the LR scheduler once per update where accelerate steps it once per process; the ZeRO-2
+      run ends with DDP's weights, up to float rounding;
+    - the resumed run ends bit-identical to the run it was checkpointed from."""
     from safetensors.torch import load_file
 
-    args = ["--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--max_steps", "24"]
+    args = ["--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--max_steps", "12"]
     args += ["--warmup_ratio", "0.25", "--eval_strategy", "no", "--cpu_threads", "1", "--mixed_precision", "no"]
-    for name, config in (("ddp", "ddp.yaml"), ("zero2", "deepspeed_zero2.yaml")):
-        done = launch(
-            config, "finetune.py", recipe_args(tiny_model, cls_files, tmp_path / name, *args), cpu=name == "ddp"
-        )
-        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
-    ddp, zero2 = (load_file(tmp_path / name / "model.safetensors") for name in ("ddp", "zero2"))
-    assert max((ddp[k] - zero2[k]).abs().max().item() for k in ddp) < 1e-4
-
-
-def test_zero2_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tiny_model, cls_files, tmp_path):
-    """Stopped right after its step-6 checkpoint (DeepSpeed engine, optimizer partitions, RNG, data position) and
-    resumed, a ZeRO-2 run ends bit-identical to one that never stopped. A constant LR keeps the schedule
-    independent of --max_steps, which the two halves differ in."""
-    from safetensors.torch import load_file
-
-    common = ["--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--lr_scheduler_type", "constant"]
-    common += ["--warmup_ratio", "0", "--eval_strategy", "no", "--cpu_threads", "1", "--mixed_precision", "no"]
     runs = {
-        "whole": ["--max_steps", "12"],
-        "first half": ["--max_steps", "6", "--checkpointing_steps", "6"],
-        "resumed": ["--max_steps", "12", "--resume_from_checkpoint", "latest"],
+        "ddp": ("ddp.yaml", []),
+        "zero2": ("deepspeed_zero2.yaml", ["--checkpointing_steps", "6"]),
+        "resumed": ("deepspeed_zero2.yaml", ["--resume_from_checkpoint", str(tmp_path / "zero2/checkpoints/step_6")]),
     }
-    for name, extra in runs.items():
-        out = tmp_path / ("whole" if name == "whole" else "stopped")
-        done = launch("deepspeed_zero2.yaml", "finetune.py", recipe_args(tiny_model, cls_files, out, *common, *extra))
+    for name, (config, extra) in runs.items():
+        run_args = recipe_args(tiny_model, cls_files, tmp_path / name, *args, *extra)
+        done = launch(config, "finetune.py", run_args, cpu=name == "ddp")
         assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
     assert "resumed from" in done.stdout and "step_6" in done.stdout
-    whole, resumed = (json.loads((tmp_path / run / "all_results.json").read_text()) for run in ("whole", "stopped"))
+    resumed = json.loads((tmp_path / "resumed" / "all_results.json").read_text())
     assert resumed["train_zero_stage"] == 2 and resumed["train_num_processes"] == 2 and resumed["train_steps"] == 12
-    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "stopped"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ddp, zero2, again = (load_file(tmp_path / name / "model.safetensors") for name in runs)
+    assert max((ddp[k] - zero2[k]).abs().max().item() for k in ddp) < 1e-4
+    assert zero2.keys() == again.keys() and all(torch.equal(zero2[k], again[k]) for k in zero2)
 
 
 @pytest.mark.parametrize(
