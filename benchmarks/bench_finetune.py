@@ -1,7 +1,7 @@
 """Fine-tuning speed and quality: nlptransfer vs the plain transformers Trainer, side by side in one run.
 
     python benchmarks/bench_finetune.py --workdir runs/bench_finetune      # TREC-6 + CoNLL-2003, 3 seeds
-    python benchmarks/bench_finetune.py --quick                            # 256 examples, 1 epoch: a smoke run
+    python benchmarks/bench_finetune.py --quick                            # 64 examples, 1 epoch: a smoke run
 
 Systems (same data, model, seed, epochs, batch size and learning rate; each in its own process):
 - `nlptransfer`: `recipes/finetune.py` with its defaults;
@@ -48,6 +48,7 @@ from _common import (
 from report import render_finetune
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+QUICK = "64"  # examples per split in a --quick (smoke) run
 MAX_SEQ_LENGTH = 128
 
 
@@ -154,13 +155,13 @@ def common_flags(system: str, args, seed: int) -> list[str]:
         flags = ["--seed", str(seed), "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr)]
         flags += ["--per_device_train_batch_size", str(args.batch_size), "--max_seq_length", str(MAX_SEQ_LENGTH)]
         if args.quick:
-            flags += ["--max_train_samples", "256", "--max_eval_samples", "256", "--max_test_samples", "256"]
+            flags += ["--max_train_samples", QUICK, "--max_eval_samples", QUICK, "--max_test_samples", QUICK]
         return flags
     flags = ["--seed", str(seed), "--epochs", str(args.epochs), "--learning_rate", str(args.lr)]
     flags += ["--batch_size", str(args.batch_size), "--max_seq_length", str(MAX_SEQ_LENGTH)]
     flags += ["--data_dir", str(DATA)]
     if args.quick:
-        flags += ["--max_train_samples", "256", "--max_eval_samples", "256"]
+        flags += ["--max_train_samples", QUICK, "--max_eval_samples", QUICK]
     return flags
 
 
@@ -220,7 +221,7 @@ def plot(summary: list[dict], path: Path) -> None:
 def main() -> None:
     parser = benchmark_parser(
         __doc__,
-        quick="256 training examples, 1 epoch, 1 seed",
+        quick=f"{QUICK} training examples (and test examples), 1 epoch, 1 seed",
         tasks=list(TASKS),
         seeds=[42, 43, 44],
         workdir="keep every run here and reuse finished ones",
@@ -278,7 +279,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as scratch:
         for task in args.tasks:
-            lengths = token_lengths(task, 256 if args.quick else None)
+            lengths = token_lengths(task, int(QUICK) if args.quick else None)
             real_tokens, flops = sum(lengths), train_flops_per_epoch(lengths)
             for seed in args.seeds:
                 for system in args.systems:

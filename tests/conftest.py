@@ -7,7 +7,8 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any HF import: tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# DeepSpeed compiles its CPU shared-memory op (deepspeed_shm_comm, 25-45 s on two cores) on first use into
+# scripts/install.sh compiles DeepSpeed's CPU shared-memory op (deepspeed_shm_comm) at install. A DeepSpeed
+# installed without it compiles it on first use (~2 min on one core of a busy machine) into
 # ~/.cache/torch_extensions, one folder for every environment: a run from another virtualenv (a CI clone, a
 # second worktree) changes the compiler command and the next DeepSpeed process compiles it again. One folder
 # per virtualenv: compiled once per environment, inherited by every process the tests start.
@@ -27,6 +28,7 @@ if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+from collections import Counter  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -110,11 +112,16 @@ LONG = ("slow", "integration", "distributed")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The long tests first, and with them their files (pytest-xdist's `--dist loadfile` hands out whole files in
-    the order of their first test), so that no worker starts a minutes-long file while the other runs out of
-    work. (`--dist loadgroup` with a group per file, but test_sharded.py's tests spread, would balance better:
-    pytest-xdist 3.8 does not apply its groups under pytest 9.2, whose nodes keep their id in `_id`.)"""
-    items.sort(key=lambda item: not any(item.get_closest_marker(mark) for mark in LONG))
+    """The long tests first, files with more of them first, and with them their files (pytest-xdist's
+    `--dist loadfile` hands out whole files in the order of their first test), so that no worker starts a
+    minutes-long file while the other runs out of work. test_sharded.py and test_sharded_recipes.py, ~7.5 min
+    each, are two files so that both workers take one. (`--dist loadgroup`, a group per module fixture, would
+    spread the rest too: pytest-xdist 3.8 does not apply its groups under pytest 9.2, whose nodes keep their id in
+    `_id`.)"""
+    long = [any(item.get_closest_marker(mark) for mark in LONG) for item in items]
+    per_file = Counter(item.path for item, is_long in zip(items, long) if is_long)
+    order = {id(item): (not is_long, -per_file[item.path]) for item, is_long in zip(items, long)}
+    items.sort(key=lambda item: order[id(item)])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -259,7 +266,8 @@ def trained_runs(tiny_model, cls_files, ner_files, tmp_path_factory) -> dict[str
 @pytest.fixture(scope="session")
 def cls_teacher(tiny_model, cls_files, tmp_path_factory) -> str:
     """A confident topic classifier (tests/test_distill.py's TEACHER settings), trained once per session: the
-    distillation tests, test_sharded's ZeRO distillation runs and test_mtl_recipe's single-task teacher teach with it."""
+    distillation tests, test_sharded_recipes' ZeRO distillation runs and test_mtl_recipe's single-task teacher
+    teach with it."""
     from test_distill import FINETUNE, TEACHER, run
 
     out = tmp_path_factory.mktemp("teachers") / "cls"

@@ -43,8 +43,9 @@ LORA = [
 TEXTS = ["the new pasta story today", "a good match with the coach", "small robot on the laptop"]
 
 
-def fresh_process_logits(run_dir, texts) -> list:
-    """Reload the adapter run in a new interpreter (nothing shared with this one) and return logits."""
+def fresh_process_logits(run_dir, *texts: list[str]) -> list[list]:
+    """Reload the adapter run in a new interpreter (nothing shared with this one); its logits for each list of
+    texts."""
     code = f"""
         import json, torch
         from transformers import AutoTokenizer
@@ -52,10 +53,11 @@ def fresh_process_logits(run_dir, texts) -> list:
         model = load_adapter_model({str(run_dir)!r}).eval()
         tokenizer = AutoTokenizer.from_pretrained({str(run_dir)!r})
         with torch.no_grad():
-            print(json.dumps(model(**tokenizer({texts!r}, padding=True, return_tensors="pt")).logits.tolist()))
+            for texts in {list(texts)!r}:
+                print(json.dumps(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.tolist()))
     """
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in done.stdout.strip().splitlines()[-len(texts) :]]
 
 
 def test_head_modules_found_by_structure():
@@ -95,11 +97,10 @@ def test_lora_run_reloads_in_fresh_process_with_trained_head(tiny_model, cls_fil
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
 
     # a head that came back random would not reproduce the recorded test accuracy, nor the same logits in two
-    # fresh processes (three independent interpreters, started together)
+    # fresh processes (two independent interpreters, started together)
     test_rows = [json.loads(line) for line in open(cls_files["test"])]
-    test_logits, first, second = concurrently(
-        lambda: fresh_process_logits(out, [r["text"] for r in test_rows]),
-        lambda: fresh_process_logits(out, TEXTS),
+    (test_logits, first), (second,) = concurrently(
+        lambda: fresh_process_logits(out, [r["text"] for r in test_rows], TEXTS),
         lambda: fresh_process_logits(out, TEXTS),
     )
     logits = torch.tensor(test_logits)

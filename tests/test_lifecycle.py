@@ -2,7 +2,7 @@
 scores splits with one prefix rule and prints one headline format."""
 
 import json
-import textwrap
+import re
 
 import pytest
 from test_domain import domain_files
@@ -12,7 +12,7 @@ from nlptransfer.errors import ConfigError
 from nlptransfer.lifecycle import headline, split_prefix
 from nlptransfer.training import greater_is_better
 
-from conftest import REPO, concurrently, recipe_args, write_jsonl
+from conftest import REPO, recipe_args, write_jsonl
 from hub_server import HubServer, run_client
 from test_distill import FAST as DISTILL_FAST
 from test_mtl_recipe import mtl_config
@@ -77,43 +77,66 @@ def recipe_runs(tiny_model, cls_files, ner_files, teacher, folder):
 RECIPES = ["finetune", "mtl", "distill", "domain_adapt", "meta"]
 
 
+# one interpreter runs every recipe in turn, as run_script does (each fresh interpreter costs ~10 s of imports),
+# with a line between runs that says which recipe the output below belongs to and how the one above ended
+PUSH_ALL = """
+import json, runpy, sys
+from accelerate.state import AcceleratorState
+
+for recipe, argv in json.loads(sys.argv[1]):
+    for stream in (sys.stdout, sys.stderr):
+        print(f"@@@ {recipe}", file=stream, flush=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    sys.argv, status = argv, 0
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exit:
+        status = exit.code or 0
+    print(f"@@@ exit {status}", flush=True)
+"""
+
+
+def per_recipe(output: str) -> dict[str, str]:
+    """What follows each "@@@ <recipe>" line of PUSH_ALL's output, up to the next one."""
+    parts = re.split(r"^@@@ (\S+)\n", output, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
 @pytest.fixture(scope="module")
 def pushed_runs(tiny_model, cls_files, ner_files, teacher, tmp_path_factory) -> dict:
-    """Every recipe's tiny run with --push_to_hub and --report_to tensorboard, each in a fresh process of its own
-    pushing to a Hub server of its own (independent runs, as many at a time as there are cores): recipe ->
-    (its folder, its arguments, the finished process, the files its Hub repo holds)."""
+    """Every recipe's tiny run with --push_to_hub and --report_to tensorboard, one after the other in a fresh
+    interpreter whose Hub is a local server: recipe -> (its folder, its arguments, its exit status, its stdout
+    and stderr, the files its Hub repo holds)."""
     pytest.importorskip("tensorboard")
-
-    def push_run(recipe: str):
-        folder = tmp_path_factory.mktemp(recipe)
+    folders = {recipe: tmp_path_factory.mktemp(recipe) for recipe in RECIPES}
+    argvs = {}
+    for recipe, folder in folders.items():
         args = recipe_runs(tiny_model, cls_files, ner_files, teacher, folder)[recipe]
         args += ["--push_to_hub", "true", "--hub_model_id", f"me/{recipe.replace('_', '-')}"]
-        args += ["--report_to", "tensorboard"]
-        code = f"""
-            import runpy, sys
-            sys.argv = [{str(REPO / "recipes" / f"{recipe}.py")!r}, *{args!r}]
-            runpy.run_path(sys.argv[0], run_name="__main__")
-        """
-
-        def run():
-            with HubServer() as hub:
-                done = run_client(hub, folder / "home", textwrap.dedent(code), timeout=300, env={"HF_TOKEN": SECRET})
-                try:
-                    files = hub.files(f"me/{recipe.replace('_', '-')}")
-                except KeyError:  # nothing was pushed: its test says so
-                    files = {}
-            return folder, args, done, files
-
-        return run
-
-    return dict(zip(RECIPES, concurrently(*map(push_run, RECIPES))))
+        argvs[recipe] = [str(REPO / "recipes" / f"{recipe}.py"), *args, "--report_to", "tensorboard"]
+    with HubServer() as hub:
+        code = f"import sys\nsys.argv[1:] = [{json.dumps(list(argvs.items()))!r}]\n{PUSH_ALL}"
+        done = run_client(hub, tmp_path_factory.mktemp("home"), code, timeout=900, env={"HF_TOKEN": SECRET})
+        assert SECRET not in done.stdout + done.stderr
+        stdouts, stderrs = per_recipe(done.stdout), per_recipe(done.stderr)
+        outputs = {}
+        for recipe, argv in argvs.items():
+            try:
+                files = hub.files(f"me/{recipe.replace('_', '-')}")
+            except KeyError:  # nothing was pushed: its test says so
+                files = {}
+            stdout = stdouts.get(recipe, "")
+            status = re.search(r"^@@@ exit (\S+)$", stdout, re.M)
+            stderr = stderrs.get(recipe, done.stderr[-3000:])  # none of its own: the interpreter died before it
+            outputs[recipe] = (folders[recipe], argv[1:], status and status[1], stdout, stderr, files)
+    return outputs
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_pushes_and_logs_to_its_tracker(recipe, pushed_runs):
-    tmp_path, args, done, files = pushed_runs[recipe]
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "pushed to" in done.stdout and SECRET not in done.stdout + done.stderr
+    tmp_path, args, status, stdout, stderr, files = pushed_runs[recipe]
+    assert status == "0", stderr[-3000:]
+    assert "pushed to" in stdout
     output_dir = (
         next(args[i + 1] for i, a in enumerate(args) if a == "--output_dir") if "--output_dir" in args else None
     )

@@ -1,8 +1,10 @@
-"""Sharded engines on two CPU processes (gloo): DeepSpeed ZeRO-2 and ZeRO-3 runs of the fine-tuning (full, LoRA),
-multi-task and distillation recipes really are ZeRO at world size 2, best-model selection happens, and the saved
-folder, reloaded by the test process (which never held the model), scores the recorded test score; a ZeRO-2 run
-resumes exactly and follows DDP's LR schedule; an engine that would not really run (FSDP on CPU, use_cpu with
-DeepSpeed) stops the run. The engines' behaviour behind each test: docs/guides/distributed.md."""
+"""Sharded engines on two CPU processes (gloo): DeepSpeed ZeRO-2 and ZeRO-3 runs of the fine-tuning recipe (full,
+LoRA) really are ZeRO at world size 2, best-model selection happens, and the saved folder, reloaded by the test
+process (which never held the model), scores the recorded test score; a ZeRO-2 run resumes exactly and follows
+DDP's LR schedule; an engine that would not really run (FSDP on CPU, use_cpu with DeepSpeed) stops the run. The
+multi-task and distillation recipes under ZeRO: test_sharded_recipes.py (a file of its own, so that the two
+pytest-xdist workers share these minutes-long tests). The engines' behaviour behind each test:
+docs/guides/distributed.md."""
 
 import json
 import os
@@ -17,7 +19,6 @@ import yaml
 from _common import free_port
 from conftest import REPO, recipe_args
 from test_adapters import LORA
-from test_distill import distill_args, narrow_model  # noqa: F401, F811 (a fixture)
 
 deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.distributed
@@ -102,23 +103,6 @@ def test_zero_finetune_on_two_cpu_processes_selects_saves_and_reloads(stage, ada
     assert reloaded_accuracy(folder, cls_files["test"]) == results["test_accuracy"]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_multitask_on_two_cpu_processes_selects_saves_and_reloads(
-    stage, tiny_model, cls_files, ner_files, tmp_path
-):
-    from test_mtl_recipe import mtl_config
-
-    config = zero3_partitioning_everything(tmp_path) if stage == 3 else "deepspeed_zero2.yaml"
-    run = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=8, per_device_train_batch_size=8)
-    done = launch(config, "mtl.py", ["--config", str(run), "--cpu_threads", "1", "--mixed_precision", "no"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "mtl" / "all_results.json").read_text())
-    check_engine(results, done.stdout, stage)
-    assert results["eval_average"] == results["best_metric"] and results["parameters_in_sync"] is True
-    assert results["test_topic_accuracy"] >= 0.8 and results["test_people_f1"] >= 0.8  # chance: 1/3 and 0
-    assert reloaded_topic_accuracy(tmp_path / "mtl", cls_files["test"]) == results["test_topic_accuracy"]
-
-
 def test_zero2_follows_ddp_lr_schedule_and_resumes_from_its_checkpoint_exactly(tiny_model, cls_files, tmp_path):
     """One 12-step run (linear warm-up and decay) under DDP and under ZeRO-2, and the ZeRO-2 run again from its
     step-6 checkpoint (DeepSpeed engine, optimizer partitions, scheduler, RNG, data position):
@@ -160,52 +144,3 @@ def test_engine_that_would_not_run_is_refused_not_run_unsharded(config, engine, 
     assert f"error: accelerate was launched for {engine} but the processes run as" in done.stderr
     assert ("ACCELERATE_USE_CPU=1 makes accelerate drop it" in done.stderr) == cpu
     assert not (tmp_path / "run" / "all_results.json").exists()
-
-
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_distillation_student_saves_and_reloads(stage, narrow_model, cls_teacher, cls_files, tmp_path):  # noqa: F811
-    """A live teacher (loaded whole on every process, not partitioned) and a narrower student whose hidden-state
-    projections train too: the saved student is the one that was scored."""
-    config = zero3_partitioning_everything(tmp_path) if stage == 3 else "deepspeed_zero2.yaml"
-    out = tmp_path / "student"
-    extra = ["--hidden_loss", "mse", "--per_device_train_batch_size", "8", "--num_train_epochs", "8"]
-    extra += ["--temperature", "1", "--mixed_precision", "no"]
-    done = launch(config, "distill.py", distill_args(cls_teacher, narrow_model, cls_files, out, *extra))
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "all_results.json").read_text())
-    check_engine(results, done.stdout, stage)
-    assert results["teacher_targets"] == "live" and results["parameters_in_sync"] is True
-    assert results["test_accuracy"] >= 0.8
-    assert reloaded_accuracy(out, cls_files["test"]) == results["test_accuracy"]
-
-
-def test_zero2_multitask_with_per_task_adapters_learns_saves_and_reloads(tiny_model, cls_files, ner_files, tmp_path):
-    """One LoRA adapter per task over a frozen encoder. Processes running different tasks in one step made ZeRO-2
-    add one task's adapter gradients to the other's (it reduces gradients in the order backward produces them):
-    the people adapter never moved. Under DeepSpeed every process now runs the same task at each step."""
-    from safetensors.torch import load_file
-
-    from test_mtl_recipe import mtl_config
-
-    run = mtl_config(tmp_path, tiny_model, cls_files, ner_files, max_steps=120, learning_rate=1e-2)
-    args = ["--config", str(run), "--peft", "lora", "--lora_r", "4", "--adapter_per_task", "true"]
-    done = launch("deepspeed_zero2.yaml", "mtl.py", [*args, "--cpu_threads", "1", "--mixed_precision", "no"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "mtl" / "all_results.json").read_text())
-    check_engine(results, done.stdout, 2)
-    assert results["test_people_f1"] >= 0.8 and results["eval_average"] >= 0.8  # 0.44 / 0.71 before the fix
-    keys = load_file(tmp_path / "mtl" / "model.safetensors").keys()
-    assert any(".lora_B.people." in k for k in keys)
-    assert not any(k.startswith("encoder.") and "lora_" not in k for k in keys)  # the frozen base is not copied
-    assert reloaded_topic_accuracy(tmp_path / "mtl", cls_files["test"]) == results["test_topic_accuracy"]
-
-
-def test_per_task_adapters_under_zero3_are_refused(tiny_model, cls_files, ner_files, tmp_path):
-    """Under ZeRO-3 they saved and reloaded exactly but trained worse than under ZeRO-2 (eval average 0.373 vs
-    0.844, same run; cause not found): refused until it is."""
-    from test_mtl_recipe import mtl_config
-
-    run = mtl_config(tmp_path, tiny_model, cls_files, ner_files, max_steps=10)
-    args = ["--config", str(run), "--peft", "lora", "--lora_r", "4", "--adapter_per_task", "true"]
-    done = launch(zero3_partitioning_everything(tmp_path), "mtl.py", args)
-    assert done.returncode != 0 and "error: --adapter_per_task is not supported under ZeRO-3" in done.stderr

@@ -140,7 +140,7 @@ def main(argv=None):
         raise ConfigError("--adapter_per_task needs an adapter: add --peft lora (or --peft_config_file)")
     configs = [model_args, mtl_args, adapter_args, transfer_args]
     accelerator = start_run(args, "nlptransfer-mtl", configs)
-    if mtl_args.adapter_per_task and zero_stage(accelerator) == 3:  # see tests/test_sharded.py
+    if mtl_args.adapter_per_task and zero_stage(accelerator) == 3:  # see tests/test_sharded_recipes.py
         raise ConfigError("--adapter_per_task is not supported under ZeRO-3 yet (it trains worse than under ZeRO-2)")
     tokenizer = load_tokenizer(model_args)
     output_dir = Path(args.output_dir)
