@@ -82,7 +82,9 @@ def check_engine(results: dict, stdout: str, stage: int) -> None:
     assert results["best_step"] and "loaded the best model" in stdout
 
 
-EPOCHS = ["--per_device_train_batch_size", "8", "--num_train_epochs", "6"]  # as tests/test_distributed.py
+# 48 updates of 2 x 16 rows: test accuracy 1.0 under both stages, selected at step 36 (6 epochs of 2 x 8 rows
+# took 23 s more per run); the LoRA runs set their own batch, LR and epochs (12: at 8 they reach 0.69)
+EPOCHS = ["--per_device_train_batch_size", "16", "--num_train_epochs", "4"]
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -90,7 +92,7 @@ EPOCHS = ["--per_device_train_batch_size", "8", "--num_train_epochs", "6"]  # as
 def test_zero_finetune_on_two_cpu_processes_selects_saves_and_reloads(stage, adapter, tiny_model, cls_files, tmp_path):
     config = zero3_partitioning_everything(tmp_path) if stage == 3 else "deepspeed_zero2.yaml"
     out = tmp_path / f"zero{stage}"
-    args = recipe_args(tiny_model, cls_files, out, "--learning_rate", "2e-3", *EPOCHS, "--warmup_ratio", "0.1")
+    args = recipe_args(tiny_model, cls_files, out, "--learning_rate", "4e-3", *EPOCHS, "--warmup_ratio", "0.1")
     args += ["--cpu_threads", "1", "--mixed_precision", "no", *adapter]
     args += ["--merge", "true"] if adapter else []  # the adapter folded into a plain model: what reloads below
     done = launch(config, "finetune.py", args)
