@@ -2,12 +2,14 @@
 
 import hashlib
 import json
+import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, concurrently, recipe_args
-from hub_server import HubServer, last_json_line, run_client
+from conftest import REPO, recipe_args
+from hub_server import HubServer, run_client
 from test_adapters import TEXTS
 
 SECRET = "hf_secret_token_that_must_never_show"
@@ -33,6 +35,16 @@ def logits_code(loader: str, source: str) -> str:
         with torch.no_grad():
             print(json.dumps(model(**tokenizer({TEXTS!r}, padding=True, return_tensors="pt")).logits.tolist()))
     """
+
+
+def remote_then_local(hub: HubServer, home: Path, remote_code: str, local_code: str) -> tuple:
+    """One fresh interpreter prints the logits of the model loaded from the Hub, then of the run folder it was
+    pushed from (the reference; one interpreter instead of two: each costs ~10 s of imports)."""
+    done = run_client(hub, home, textwrap.dedent(remote_code) + textwrap.dedent(local_code))
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith(("{", "["))]  # libraries print too
+    remote, local = (json.loads(line) for line in printed[-2:])
+    return remote, local
 
 
 def front_matter(readme: bytes) -> dict:
@@ -95,12 +107,8 @@ def test_push_adapter_then_load_from_hub_in_fresh_process(lora_run, tmp_path):
         remote_code = logits_code(
             'from nlptransfer import load_adapter_model; model = load_adapter_model("me/tiny-lora")', "me/tiny-lora"
         )
-        local, remote = concurrently(
-            lambda: run_client(hub, tmp_path / "local", local_code),
-            lambda: run_client(hub, tmp_path / "fresh", remote_code),
-        )
-        assert remote.returncode == 0, remote.stderr[-2000:]
-        assert last_json_line(remote.stdout) == last_json_line(local.stdout)
+        remote, local = remote_then_local(hub, tmp_path / "fresh", remote_code, local_code)
+        assert remote == local
 
 
 def test_push_full_model_loads_with_auto_class(trained_runs, tmp_path):
@@ -113,12 +121,13 @@ def test_push_full_model_loads_with_auto_class(trained_runs, tmp_path):
         card = front_matter(hub.files("me/tiny-full")["README.md"])
         assert card["library_name"] == "transformers"
         load = "from transformers import AutoModelForSequenceClassification as A; model = A.from_pretrained('{}')"
-        remote, local = concurrently(
-            lambda: run_client(hub, tmp_path / "fresh", logits_code(load.format("me/tiny-full"), "me/tiny-full")),
-            lambda: run_client(hub, tmp_path / "local", logits_code(load.format(run), str(run))),
+        remote, local = remote_then_local(
+            hub,
+            tmp_path / "fresh",
+            logits_code(load.format("me/tiny-full"), "me/tiny-full"),
+            logits_code(load.format(run), str(run)),
         )
-        assert remote.returncode == 0, remote.stderr[-2000:]
-        assert last_json_line(remote.stdout) == last_json_line(local.stdout)
+        assert remote == local
 
 
 def test_failed_push_keeps_run_and_says_what_to_rerun(lora_run, tmp_path):
@@ -209,9 +218,7 @@ def test_multitask_recipe_pushes_one_artifact_that_reloads_from_the_hub(tiny_mod
         assert reported[("people", "test", "f1")] == pytest.approx(results["test_people_f1"])
         assert 'MultiTaskModel.from_pretrained("me/tiny-mtl")' in files["README.md"].decode()
 
-        remote, local = concurrently(
-            lambda: run_client(hub, tmp_path / "fresh", MTL_LOGITS.format(source="me/tiny-mtl")),
-            lambda: run_client(hub, tmp_path / "local", MTL_LOGITS.format(source=str(run))),
+        remote, local = remote_then_local(
+            hub, tmp_path / "fresh", MTL_LOGITS.format(source="me/tiny-mtl"), MTL_LOGITS.format(source=str(run))
         )
-        assert remote.returncode == 0, remote.stderr[-2000:]
-        assert last_json_line(remote.stdout) == last_json_line(local.stdout)
+        assert remote == local
