@@ -113,8 +113,9 @@ LONG = ("slow", "integration", "distributed")
 
 def pytest_collection_modifyitems(config, items):
     """The long tests first, files with more of them first, and with them their files (pytest-xdist's
-    `--dist loadfile` hands out whole files in the order of their first test), so that no worker starts a
-    minutes-long file while the other runs out of work. test_sharded.py and test_sharded_recipes.py, ~7.5 min
+    `--dist loadfile --no-loadscope-reorder` hands out whole files in the order of their first test; without
+    `--no-loadscope-reorder`, the files with the most tests first: the 3-minute gpu_check dry run started last, 16
+    minutes in), so that no worker starts a minutes-long file while the other runs out of work. test_sharded.py and test_sharded_recipes.py, ~7.5 min
     each, are two files so that both workers take one. (`--dist loadgroup`, a group per module fixture, would
     spread the rest too: pytest-xdist 3.8 does not apply its groups under pytest 9.2, whose nodes keep their id in
     `_id`.)"""
