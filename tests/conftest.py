@@ -112,13 +112,13 @@ LONG = ("slow", "integration", "distributed")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The long tests first, files with more of them first, and with them their files (pytest-xdist's
-    `--dist loadfile --no-loadscope-reorder` hands out whole files in the order of their first test; without
-    `--no-loadscope-reorder`, the files with the most tests first: the 3-minute gpu_check dry run started last, 16
-    minutes in), so that no worker starts a minutes-long file while the other runs out of work. test_sharded.py and test_sharded_recipes.py, ~7.5 min
-    each, are two files so that both workers take one. (`--dist loadgroup`, a group per module fixture, would
-    spread the rest too: pytest-xdist 3.8 does not apply its groups under pytest 9.2, whose nodes keep their id in
-    `_id`.)"""
+    """The long tests first, files with more of them first, and with them their files, so that no worker starts
+    a minutes-long file while the other runs out of work: pytest-xdist's `--dist loadfile --no-loadscope-reorder`
+    hands out whole files in the order of their first test (without `--no-loadscope-reorder`, the files with the
+    most tests first: the 3-minute gpu_check dry run started last, 16 minutes in). test_sharded.py and
+    test_sharded_recipes.py, ~8 min each on one core, are two files so that both workers take one. (`--dist
+    loadgroup`, a group per module fixture, would spread the rest too: pytest-xdist 3.8 does not apply its groups
+    under pytest 9.2, whose nodes keep their id in `_id`.)"""
     long = [any(item.get_closest_marker(mark) for mark in LONG) for item in items]
     per_file = Counter(item.path for item, is_long in zip(items, long) if is_long)
     order = {id(item): (not is_long, -per_file[item.path]) for item, is_long in zip(items, long)}
