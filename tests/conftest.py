@@ -28,6 +28,7 @@ if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import pytest  # noqa: E402
@@ -125,6 +126,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: order[id(item)])
 
 
+def pytest_terminal_summary(terminalreporter):
+    """How long each pytest-xdist worker was busy (setup, call and teardown of its tests): the suite's wall time
+    is the busier worker's, so a gap between them is time the file order could win back."""
+    busy = Counter()
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            gateway = getattr(getattr(report, "node", None), "gateway", None)
+            if gateway is not None and hasattr(report, "duration"):
+                busy[gateway.id] += report.duration
+    if busy:
+        terminalreporter.write_line("busy: " + ", ".join(f"{w} {busy[w]:.0f} s" for w in sorted(busy)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """The tiny models train and predict on one torch thread in this process (and in the recipes it runs, see
@@ -137,37 +151,67 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, filled by `build(folder)` once per test session: under pytest-xdist the first worker to
+    ask builds it under a file lock and the other waits for it and reuses it (pytest-xdist's recipe for session
+    fixtures; each worker's temporary folder lies in the session's). The session fixtures below are deterministic
+    and their tests only read them, so one copy serves both workers: trained_runs (~50 s of training on a worker
+    in CI) and cls_teacher were built by each worker whose tests asked for them."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer, hidden-32 BERT and its fast WordPiece tokenizer, saved like any Hub model."""
-    import torch
-    from transformers import BertModel, BertTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
-    tokenizer.save_pretrained(folder)
-    config = tiny_bert_config()
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return str(folder)
+    def build(folder):
+        import torch
+        from transformers import BertModel, BertTokenizer
+
+        tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
+        tokenizer.save_pretrained(folder)
+        torch.manual_seed(0)
+        BertModel(tiny_bert_config()).save_pretrained(folder)
+
+    return str(built_once(tmp_path_factory, "tiny-bert", build))
+
+
+def data_files(tmp_path_factory, name: str, make_rows, splits) -> dict[str, str]:
+    """`splits` ((split, rows, seed), ...) of `make_rows` as JSON-lines files, one folder per session."""
+
+    def build(folder):
+        for split, n, seed in splits:
+            write_jsonl(folder / f"{split}.jsonl", make_rows(n, seed))
+
+    folder = built_once(tmp_path_factory, name, build)
+    return {split: str(folder / f"{split}.jsonl") for split, _, _ in splits}
 
 
 @pytest.fixture(scope="session")
 def cls_files(tmp_path_factory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("cls-data")
-    return {
-        split: str(write_jsonl(folder / f"{split}.jsonl", make_classification_rows(n, seed)))
-        for split, n, seed in (("train", 384, 1), ("validation", 48, 2), ("test", 48, 3))
-    }
+    splits = (("train", 384, 1), ("validation", 48, 2), ("test", 48, 3))
+    return data_files(tmp_path_factory, "cls-data", make_classification_rows, splits)
 
 
 @pytest.fixture(scope="session")
 def ner_files(tmp_path_factory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("ner-data")
-    return {
-        split: str(write_jsonl(folder / f"{split}.jsonl", make_ner_rows(n, seed)))
-        for split, n, seed in (("train", 320, 4), ("validation", 40, 5), ("test", 40, 6))
-    }
+    return data_files(
+        tmp_path_factory, "ner-data", make_ner_rows, (("train", 320, 4), ("validation", 40, 5), ("test", 40, 6))
+    )
 
 
 def recipe_args(model: str, files: dict[str, str], output_dir, *extra: str) -> list[str]:
@@ -203,6 +247,26 @@ def run_script(path: str, args: list[str], exit_status: int = 0) -> None:
     if exit_status == 0 and isinstance(error, NlptransferError):
         raise error
     assert exit_info.value.code == exit_status
+
+
+ACCELERATE_CONFIGS = REPO / "recipes" / "configs" / "accelerate"
+
+
+def launch(recipe: str, args: list[str], config: str | Path = "ddp.yaml", cpu: bool | None = None):
+    """`accelerate launch --config_file <config> recipes/<recipe> args` on two processes of this machine (the
+    shipped configs' `num_processes`), its CompletedProcess. `cpu` (default: for ddp.yaml) sets
+    ACCELERATE_USE_CPU=1, which DDP on CPU processes needs (gloo) and DeepSpeed must not see: with it, accelerate
+    runs plain DDP instead, silently. (`--cpu --num_processes 2` would run ONE process.)"""
+    import subprocess
+
+    from _common import free_port
+
+    cpu = str(config) == "ddp.yaml" if cpu is None else cpu
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config)]
+    command += ["--main_process_port", str(free_port()), str(REPO / "recipes" / recipe), *args]  # xdist: no fixed port
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **({"ACCELERATE_USE_CPU": "1"} if cpu else {}))
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
 def concurrently(*calls):
@@ -250,18 +314,21 @@ def trained_runs(tiny_model, cls_files, ner_files, tmp_path_factory) -> dict[str
     from test_mtl_recipe import mtl_config
     from test_recipe import FAST
 
-    root = tmp_path_factory.mktemp("runs")
-    finetune = str(REPO / "recipes" / "finetune.py")
-    runs = {"classification": root / "cls", "ner": root / "ner", "lora": root / "lora", "multitask": root / "mtl"}
-    run_script(finetune, recipe_args(tiny_model, cls_files, runs["classification"], *FAST, "--num_train_epochs", "4"))
-    ner = ["--task_type", "ner", "--num_train_epochs", "4"]
-    run_script(finetune, recipe_args(tiny_model, ner_files, runs["ner"], *FAST, *ner))
-    run_script(finetune, recipe_args(tiny_model, cls_files, runs["lora"], *LORA, "--num_train_epochs", "6"))
-    config = mtl_config(root, tiny_model, cls_files, ner_files, num_train_epochs=4)  # its output_dir: root / "mtl"
-    run_script(str(REPO / "recipes" / "mtl.py"), ["--config", str(config)])
-    for folder in runs.values():
-        assert (folder / RESULTS_FILE).is_file()
-    return runs
+    names = {"classification": "cls", "ner": "ner", "lora": "lora", "multitask": "mtl"}
+
+    def build(root):
+        finetune, runs = str(REPO / "recipes" / "finetune.py"), {kind: root / name for kind, name in names.items()}
+        epochs = ["--num_train_epochs", "4"]
+        run_script(finetune, recipe_args(tiny_model, cls_files, runs["classification"], *FAST, *epochs))
+        run_script(finetune, recipe_args(tiny_model, ner_files, runs["ner"], *FAST, "--task_type", "ner", *epochs))
+        run_script(finetune, recipe_args(tiny_model, cls_files, runs["lora"], *LORA, "--num_train_epochs", "6"))
+        config = mtl_config(root, tiny_model, cls_files, ner_files, num_train_epochs=4)  # output_dir: root / "mtl"
+        run_script(str(REPO / "recipes" / "mtl.py"), ["--config", str(config)])
+        for folder in runs.values():
+            assert (folder / RESULTS_FILE).is_file()
+
+    root = built_once(tmp_path_factory, "runs", build)
+    return {kind: root / name for kind, name in names.items()}
 
 
 @pytest.fixture(scope="session")
@@ -271,7 +338,8 @@ def cls_teacher(tiny_model, cls_files, tmp_path_factory) -> str:
     teach with it."""
     from test_distill import FINETUNE, TEACHER, run
 
-    out = tmp_path_factory.mktemp("teachers") / "cls"
-    results = run(FINETUNE, recipe_args(tiny_model, cls_files, out, *TEACHER))
-    assert results["test_accuracy"] >= 0.9
-    return str(out)
+    def build(folder):
+        results = run(FINETUNE, recipe_args(tiny_model, cls_files, folder / "cls", *TEACHER))
+        assert results["test_accuracy"] >= 0.9
+
+    return str(built_once(tmp_path_factory, "cls-teacher", build) / "cls")

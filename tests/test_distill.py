@@ -541,11 +541,11 @@ def narrow_model(tmp_path_factory) -> str:
 def test_two_processes_share_the_cache_and_train_the_projections_in_sync(
     narrow_model, cls_teacher, cls_files, tmp_path
 ):
-    from test_distributed import launch
+    from conftest import launch
 
     common = ["--per_device_train_batch_size", "8", "--num_train_epochs", "4", "--temperature", "1"]
     out = tmp_path / "cached"
-    done = launch("distill.py", *distill_args(cls_teacher, narrow_model, cls_files, out, *common))
+    done = launch("distill.py", distill_args(cls_teacher, narrow_model, cls_files, out, *common))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["train_num_processes"] == 2 and results["teacher_targets"] == "written"
@@ -555,7 +555,7 @@ def test_two_processes_share_the_cache_and_train_the_projections_in_sync(
 
     out = tmp_path / "live"
     extra = ["--hidden_loss", "mse", "--max_steps", "6"]  # 16 -> 32 wide: projections train under DDP
-    done = launch("distill.py", *distill_args(cls_teacher, narrow_model, cls_files, out, *common, *extra))
+    done = launch("distill.py", distill_args(cls_teacher, narrow_model, cls_files, out, *common, *extra))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["teacher_targets"] == "live" and results["parameters_in_sync"] is True

@@ -1,38 +1,10 @@
 """The recipe under `accelerate launch` with two CPU processes (gloo)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from _common import free_port
-from conftest import REPO, recipe_args
-
-
-def launch(script: str, *args: str) -> subprocess.CompletedProcess:
-    # `--cpu --num_processes 2` silently runs ONE process; --multi_gpu with ACCELERATE_USE_CPU=1 runs two gloo ranks
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),  # tests run in parallel (pytest-xdist): no fixed port
-        str(REPO / "recipes" / script),
-        *args,
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+from conftest import launch, recipe_args
 
 
 @pytest.mark.distributed
@@ -40,7 +12,7 @@ def test_two_process_run_counts_each_example_once(tiny_model, cls_files, tmp_pat
     out = tmp_path / "ddp"
     done = launch(
         "finetune.py",
-        *recipe_args(
+        recipe_args(
             tiny_model,
             cls_files,
             out,
@@ -68,7 +40,7 @@ def test_two_process_multitask_run_keeps_ranks_identical(tiny_model, cls_files, 
 
     # batches of one task per rank and step: the other rank's head must still sync (no find_unused_parameters)
     config = mtl_config(tmp_path, tiny_model, cls_files, ner_files, num_train_epochs=8, per_device_train_batch_size=8)
-    done = launch("mtl.py", "--config", str(config))
+    done = launch("mtl.py", ["--config", str(config)])
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "mtl" / "all_results.json").read_text())
     assert results["train_num_processes"] == 2
@@ -94,7 +66,7 @@ def test_two_process_multitask_run_with_private_layers_keeps_ranks_identical(
     )
     config["tasks"][1]["private_layers"] = 1
     (tmp_path / "private.yaml").write_text(yaml.safe_dump(config))
-    done = launch("mtl.py", "--config", str(tmp_path / "private.yaml"))
+    done = launch("mtl.py", ["--config", str(tmp_path / "private.yaml")])
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "mtl" / "all_results.json").read_text())
     assert results["train_num_processes"] == 2 and results["parameters_in_sync"] is True
