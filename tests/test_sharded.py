@@ -1,8 +1,9 @@
 """Sharded engines on two CPU processes (gloo): DeepSpeed ZeRO-3 runs of the fine-tuning recipe (full, LoRA)
 really are ZeRO-3 at world size 2, best-model selection happens, and the saved folder, reloaded by the test process
 (which never held the model), scores the recorded test score; a ZeRO-2 run follows DDP's LR schedule, saves DDP's
-weights and resumes exactly (ZeRO-2 keeps whole weights on every process and saves as DDP does: the ZeRO-2 twins
-of the two ZeRO-3 runs took 96 s of a worker in CI and checked nothing these do not); an engine that would not really run (FSDP on CPU, use_cpu with DeepSpeed) stops the run. The
+weights and resumes exactly; an engine that would not really run (FSDP on CPU, use_cpu with DeepSpeed) stops the
+run. ZeRO-2 keeps whole weights on every process and saves as DDP does: its full and LoRA twins of the ZeRO-3 runs
+(96 s of a worker in CI) were dropped for the resume test's save and test_sharded_recipes' per-task adapters. The
 multi-task and distillation recipes under ZeRO: test_sharded_recipes.py (a file of its own, so that the two
 pytest-xdist workers share these minutes-long tests). The engines' behaviour behind each test:
 docs/guides/distributed.md."""

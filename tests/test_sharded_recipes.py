@@ -3,8 +3,8 @@ fine-tuning recipe: really ZeRO at world size 2, best-model selection, and the s
 process, scores the recorded test score; per-task adapters under ZeRO-2 learn every task, and are refused under
 ZeRO-3. The plain runs go through ZeRO-3, the stage whose saving has to gather partitioned weights; ZeRO-2 keeps
 whole weights on every process and saves as DDP does: its multi-task save is the per-task adapter test's, its
-fine-tuning save test_sharded.py's resume test. (ZeRO-2 twins of the two ZeRO-3 tests here took 112 s of a worker
-in CI and checked nothing those do not.)"""
+fine-tuning save test_sharded.py's resume test (ZeRO-2 twins of the two ZeRO-3 tests here, 112 s of a worker in
+CI, were dropped)."""
 
 import json
 
